@@ -1,0 +1,119 @@
+"""The model manifest: the only way the processor learns what an ONNX artifact is.
+
+`manifest.json` sits next to the artifacts. Loading is torch-free so the worker can use it.
+A variant whose file does not hash to the recorded sha256 is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+MANIFEST_FILE = "manifest.json"
+
+Activation = Literal["softmax", "sigmoid"]
+VariantName = Literal["fp32", "fp16", "int8"]
+
+
+class ManifestError(RuntimeError):
+    """The manifest is missing, malformed, or disagrees with the files beside it."""
+
+
+class Head(msgspec.Struct, frozen=True):
+    """One classification head: an ONNX output of shape [batch, len(labels)]."""
+
+    name: str
+    output: str
+    activation: Activation
+    labels: list[str]
+    # Per-label decision thresholds for sigmoid heads; labels absent here use 0.5.
+    thresholds: dict[str, float] = {}
+
+
+class Parity(msgspec.Struct, frozen=True):
+    """How the ONNX variant compares with the PyTorch model on a fixed sample."""
+
+    samples: int
+    max_abs_diff: float
+    top_label_agreement: float
+    reference: str = "pytorch"
+    checked_on: str = "cpu"
+
+
+class Variant(msgspec.Struct, frozen=True):
+    file: str
+    sha256: str
+    # "cpu" or "gpu": which execution providers the variant is meant for.
+    target: str
+    parity: Parity | None = None
+
+
+class Source(msgspec.Struct, frozen=True):
+    kind: str  # "trained" (built here) or "exported" (any Hugging Face classifier)
+    location: str
+    build_key: str = ""
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    max_seq_len: int
+    tokenizer: str
+    heads: list[Head]
+    variants: dict[str, Variant]
+    source: Source
+    inputs: list[str] = ["input_ids", "attention_mask"]
+    # Output holding the pooled, L2-normalised sentence embedding, when the graph has one.
+    embedding_output: str | None = None
+    pad_token_id: int = 0
+    metrics: dict[str, object] = {}
+    created_at: str = ""
+
+    def head(self, name: str) -> Head | None:
+        return next((head for head in self.heads if head.name == name), None)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    path = model_dir / MANIFEST_FILE
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n")
+    return path
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    path = model_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_FILE} in {model_dir}: build or export a model first")
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except msgspec.ValidationError as error:
+        raise ManifestError(f"{path}: {error}") from error
+
+
+def verified_variant_path(model_dir: Path, manifest: Manifest, variant: str) -> Path:
+    """The variant's file, after checking it hashes to what the manifest recorded."""
+    if variant not in manifest.variants:
+        raise ManifestError(
+            f"model {manifest.name} {manifest.version} has no variant {variant!r} "
+            f"(has {sorted(manifest.variants)})"
+        )
+    entry = manifest.variants[variant]
+    path = model_dir / entry.file
+    if not path.is_file():
+        raise ManifestError(f"variant {variant!r} file {path} is missing")
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise ManifestError(
+            f"refusing {path}: sha256 {actual} does not match the manifest's {entry.sha256}"
+        )
+    return path
