@@ -1,0 +1,104 @@
+"""Wire types: what arrives on the input topic and what leaves on the output topics."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Author(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    id: str
+    followers: int = 0
+
+
+class Post(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """A social post as published to the input topic (`social.posts`)."""
+
+    id: str
+    text: str
+    # RFC 3339 string or epoch milliseconds; normalised to epoch ms by validation.
+    created_at: str | int
+    author: Author
+    platform: str
+    lang: str | None = None
+    url: str | None = None
+    # Brand hints from the source (e.g. the tracked account that was mentioned).
+    brand: list[str] | str | None = None
+
+
+class RejectReason(enum.StrEnum):
+    """Dead-letter reason codes, carried in the `socialpulse.reason` header."""
+
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    RECORD_TOO_LARGE = "record_too_large"
+    BAD_TIMESTAMP = "bad_timestamp"
+    UNKNOWN_LANGUAGE = "unknown_language"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    DUPLICATE_ID = "duplicate_id"
+
+
+class Timestamps(msgspec.Struct, frozen=True):
+    created_at: int  # epoch ms, from the post
+    ingested_at: int  # epoch ms, when the worker received the record
+    emitted_at: int  # epoch ms, when the event was handed to the producer
+
+
+class ModelRef(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    variant: str
+
+
+class SentimentEvent(msgspec.Struct, frozen=True):
+    event_id: str
+    post_id: str
+    brands: list[str]
+    label: str
+    scores: dict[str, float]
+    language: str
+    model: ModelRef
+    timestamps: Timestamps
+    platform: str
+    author_id: str
+    truncated: bool = False
+    type: str = "sentiment"
+
+
+class BehaviourEvent(msgspec.Struct, frozen=True):
+    event_id: str
+    post_id: str
+    brands: list[str]
+    # Labels whose score crossed the model's per-label threshold.
+    labels: list[str]
+    scores: dict[str, float]
+    language: str
+    model: ModelRef
+    timestamps: Timestamps
+    platform: str
+    author_id: str
+    truncated: bool = False
+    type: str = "behaviour"
+
+
+class BrandMention(msgspec.Struct, frozen=True):
+    """One (post, brand) pair, keyed by brand, for windowed aggregation and alerting."""
+
+    post_id: str
+    brand: str
+    text: str
+    created_at: int
+    author_id: str
+    followers: int
+    platform: str
+    language: str
+    sentiment: str
+    sentiment_scores: dict[str, float]
+    behaviours: list[str]
+    behaviour_scores: dict[str, float]
+    embedding: list[float] | None = None

@@ -1,0 +1,100 @@
+"""One typed settings object: every knob is an env var `SOCIALPULSE_<NAME>` with the default shown here."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+BackendChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOCIALPULSE_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers, comma separated.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    app_id: str = Field("socialpulse", description="Faust app id; also the consumer group id.")
+
+    # Topics
+    input_topic: str = "social.posts"
+    sentiment_topic: str = "social.sentiment"
+    behaviour_topic: str = "social.behaviour"
+    dlq_topic: str = "social.posts.dlq"
+    mentions_topic: str = Field("social.brand_mentions", description="Internal: one record per (post, brand).")
+    brand_stats_topic: str = "social.brand_stats"
+    alerts_topic: str = "social.alerts"
+    topic_partitions: int = Field(4, description="Partitions for topics the worker creates.")
+
+    # Model and backend
+    model_dir: Path = Field(REPO_ROOT / ".cache/models/default", description="Folder holding manifest.json.")
+    model_variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="auto: int8 on CPU, fp16 on CUDA/TensorRT (falls back to fp32)."
+    )
+    backend: BackendChoice = Field("auto", description="auto tries TensorRT, then CUDA, then CPU.")
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 lets ORT choose.")
+    tensorrt_cache_dir: Path = REPO_ROOT / ".cache/tensorrt"
+
+    # Validation
+    max_record_bytes: int = Field(1_000_000, description="Records larger than this go to the DLQ.")
+    max_text_chars: int = Field(10_000, description="Texts longer than this go to the DLQ.")
+    languages: list[str] = Field(
+        ["en"], description="Languages the model serves (JSON list); empty accepts every language."
+    )
+    language_min_confidence: float = Field(
+        0.80, description="Detected languages below this confidence are not grounds for rejection."
+    )
+    dedupe_window: int = Field(200_000, description="How many recent post ids are remembered for dedupe.")
+
+    # Batching and backpressure
+    max_batch_tokens: int = Field(8192, description="Padded tokens per batch (n x padded length).")
+    max_batch_size: int = Field(64, description="Posts per batch.")
+    max_wait_ms: float = Field(20.0, description="Longest wait of the oldest queued post before a batch is cut.")
+    sort_window: int = Field(512, description="Queued posts sorted by length together to cut padding.")
+    pad_multiple: int = 8
+    max_inflight_tokens: int = Field(
+        65_536, description="Tokens queued or running; above it the agent stops taking records (pause)."
+    )
+
+    # Worker
+    broker_session_timeout_s: float = 10.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_commit_interval_s: float = 1.0
+    stream_buffer_maxsize: int = Field(2048, description="Faust per-partition buffer before it pauses fetching.")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, description="Faust web server: live page and /metrics.")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, description="Standalone Prometheus exporter port; 0 disables it.")
+    brands_file: Path | None = Field(None, description="YAML brand queries; none disables brand matching.")
+
+    @cached_property
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options in aiokafka's spelling, passed through to every client we create."""
+        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return options
