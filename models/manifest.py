@@ -104,8 +104,7 @@ def verified_variant_path(model_dir: Path, manifest: Manifest, variant: str) -> 
     """The variant's file, after checking it hashes to what the manifest recorded."""
     if variant not in manifest.variants:
         raise ManifestError(
-            f"model {manifest.name} {manifest.version} has no variant {variant!r} "
-            f"(has {sorted(manifest.variants)})"
+            f"model {manifest.name} {manifest.version} has no variant {variant!r} (has {sorted(manifest.variants)})"
         )
     entry = manifest.variants[variant]
     path = model_dir / entry.file
@@ -113,7 +112,5 @@ def verified_variant_path(model_dir: Path, manifest: Manifest, variant: str) -> 
         raise ManifestError(f"variant {variant!r} file {path} is missing")
     actual = sha256_of(path)
     if actual != entry.sha256:
-        raise ManifestError(
-            f"refusing {path}: sha256 {actual} does not match the manifest's {entry.sha256}"
-        )
+        raise ManifestError(f"refusing {path}: sha256 {actual} does not match the manifest's {entry.sha256}")
     return path
