@@ -30,7 +30,7 @@ class Head(msgspec.Struct, frozen=True):
     activation: Activation
     labels: list[str]
     # Per-label decision thresholds for sigmoid heads; labels absent here use 0.5.
-    thresholds: dict[str, float] = {}
+    thresholds: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Parity(msgspec.Struct, frozen=True):
@@ -65,11 +65,11 @@ class Manifest(msgspec.Struct, frozen=True):
     heads: list[Head]
     variants: dict[str, Variant]
     source: Source
-    inputs: list[str] = ["input_ids", "attention_mask"]
+    inputs: list[str] = msgspec.field(default_factory=lambda: ["input_ids", "attention_mask"])
     # Output holding the pooled, L2-normalised sentence embedding, when the graph has one.
     embedding_output: str | None = None
     pad_token_id: int = 0
-    metrics: dict[str, object] = {}
+    metrics: dict[str, object] = msgspec.field(default_factory=dict)
     created_at: str = ""
 
     def head(self, name: str) -> Head | None:

@@ -1,0 +1,26 @@
+"""Where generated files live: everything under the repository's `.cache/` (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cache_root() -> Path:
+    """`.cache/` at the repository root; SOCIALPULSE_CACHE_DIR moves it (tests, read-only checkouts)."""
+    override = os.environ.get("SOCIALPULSE_CACHE_DIR")
+    return Path(override) if override else REPO_ROOT / ".cache"
+
+
+def data_dir() -> Path:
+    return cache_root() / "data"
+
+
+def models_dir() -> Path:
+    return cache_root() / "models"
+
+
+def default_model_dir() -> Path:
+    return models_dir() / "default"
