@@ -41,6 +41,8 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_LANGUAGE = "unknown_language"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
     DUPLICATE_ID = "duplicate_id"
+    # The post alone made the model fail; kept so one poison record cannot stop the stream.
+    INFERENCE_FAILED = "inference_failed"
 
 
 class Timestamps(msgspec.Struct, frozen=True):

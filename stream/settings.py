@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,7 +49,9 @@ class Settings(BaseSettings):
     tensorrt_cache_dir: Path = REPO_ROOT / ".cache/tensorrt"
 
     # Validation
-    max_record_bytes: int = Field(1_000_000, description="Records larger than this go to the DLQ.")
+    max_record_bytes: int = Field(
+        524_288, description="Records larger than this go to the DLQ (whole: keep it under the broker's message limit)."
+    )
     max_text_chars: int = Field(10_000, description="Texts longer than this go to the DLQ.")
     languages: list[str] = Field(
         ["en"], description="Languages the model serves (JSON list); empty accepts every language."
@@ -80,21 +83,30 @@ class Settings(BaseSettings):
     brands_file: Path | None = Field(None, description="YAML brand queries; none disables brand matching.")
 
     @cached_property
-    def kafka_client_options(self) -> dict[str, object]:
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+            keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+        )
+        return context
+
+    @property
+    def kafka_password(self) -> str | None:
+        return self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+
+    @cached_property
+    def kafka_client_options(self) -> dict[str, Any]:
         """Security options in aiokafka's spelling, passed through to every client we create."""
-        options: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             options["sasl_mechanism"] = self.kafka_sasl_mechanism
             options["sasl_plain_username"] = self.kafka_sasl_username
-            options["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(
-                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
-                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
-                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
-            )
+            options["sasl_plain_password"] = self.kafka_password
+        if self.kafka_ssl_context is not None:
+            options["ssl_context"] = self.kafka_ssl_context
         return options

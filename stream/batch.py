@@ -1,0 +1,209 @@
+"""Batching stage: token-budget micro-batches, tokenized once per window, sorted by length to cut padding.
+
+A window is everything queued when a batch is due (up to `sort_window` posts). It is tokenized with one
+`encode_batch` call, sorted by length and sliced into batches whose padded cost (n x padded length) stays
+under `max_batch_tokens`. A batch is due when the queue holds a full batch or the oldest post has waited
+`max_wait_ms`. Queued plus running tokens are bounded: `put` blocks above `max_inflight_tokens`, which
+stops the agent pulling records, so Faust pauses the partitions instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+Ticket = TypeVar("Ticket")
+
+
+class PostTokenizer:
+    """`tokenizers` with the model's truncation; padding is ours (to a multiple of `pad_multiple`)."""
+
+    def __init__(self, path: Path, max_seq_len: int, pad_token_id: int) -> None:
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_seq_len)
+        self.max_seq_len = max_seq_len
+        self.pad_token_id = pad_token_id
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
+        """Token ids per text and whether the text was truncated to fit the model."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return [(encoding.ids, bool(encoding.overflowing)) for encoding in encodings]
+
+
+def padded_length(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def pad(
+    sequences: Sequence[list[int]], multiple: int, pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    width = padded_length(max(len(ids) for ids in sequences), multiple)
+    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def slice_by_budget(lengths: Sequence[int], max_tokens: int, max_size: int, multiple: int) -> list[range]:
+    """Cut length-sorted items into consecutive batches whose padded cost stays within budget.
+
+    A single item over the budget still forms a batch of one: it must be served, not starved.
+    """
+    batches: list[range] = []
+    start = 0
+    for index in range(len(lengths)):
+        size = index - start + 1
+        cost = size * padded_length(max(lengths[start : index + 1]), multiple)
+        if index > start and (size > max_size or cost > max_tokens):
+            batches.append(range(start, index))
+            start = index
+    if start < len(lengths):
+        batches.append(range(start, len(lengths)))
+    return batches
+
+
+@dataclass(slots=True)
+class Job(Generic[Ticket]):
+    """One valid post on its way through inference; the ticket travels with it to emit and ack."""
+
+    text: str
+    ticket: Ticket
+    # Estimate until tokenized, then the real count; what the in-flight bound is charged.
+    tokens: int
+    enqueued_at: float = field(default_factory=time.monotonic)
+    ids: list[int] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class Batch(Generic[Ticket]):
+    jobs: list[Job[Ticket]]
+    input_ids: npt.NDArray[np.int64]
+    attention_mask: npt.NDArray[np.int64]
+    # Oldest job's wait from enqueue until the batch was cut.
+    queue_seconds: float
+    # Tokenizing the window this batch came from, shared by its batches.
+    tokenize_seconds: float
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    @property
+    def charged_tokens(self) -> int:
+        return sum(job.tokens for job in self.jobs)
+
+
+class Batcher(Generic[Ticket]):
+    """Owns the queue; `put` from the ingest side, `batches()` from the inference side."""
+
+    def __init__(
+        self,
+        tokenizer: PostTokenizer,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        sort_window: int,
+        pad_multiple: int,
+        max_inflight_tokens: int,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._max_batch_tokens = max_batch_tokens
+        self._max_batch_size = max_batch_size
+        self._max_wait = max_wait_ms / 1000.0
+        self._sort_window = sort_window
+        self._pad_multiple = pad_multiple
+        self._max_inflight = max_inflight_tokens
+        self._queue: deque[Job[Ticket]] = deque()
+        self._queued_tokens = 0
+        self.inflight_tokens = 0
+        self._changed = asyncio.Condition()
+
+    def estimate_tokens(self, text: str) -> int:
+        # About four characters a token for English posts, plus the special tokens.
+        return min(self._tokenizer.max_seq_len, len(text) // 4 + 2)
+
+    async def put(self, job: Job[Ticket]) -> None:
+        async with self._changed:
+            # A lone job larger than the bound is let through, or it would wait forever.
+            await self._changed.wait_for(
+                lambda: self.inflight_tokens == 0 or self.inflight_tokens + job.tokens <= self._max_inflight
+            )
+            self._queue.append(job)
+            self._queued_tokens += job.tokens
+            self.inflight_tokens += job.tokens
+            self._changed.notify_all()
+
+    async def release(self, tokens: int) -> None:
+        """Called once a batch's outputs are acknowledged, freeing room for new posts."""
+        async with self._changed:
+            self.inflight_tokens -= tokens
+            self._changed.notify_all()
+
+    def _full_batch_queued(self) -> bool:
+        return len(self._queue) >= self._max_batch_size or self._queued_tokens >= self._max_batch_tokens
+
+    async def _next_window(self) -> list[Job[Ticket]]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._queue))
+            deadline = self._queue[0].enqueued_at + self._max_wait
+            while not self._full_batch_queued():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+                except TimeoutError:
+                    break
+            window = [self._queue.popleft() for _ in range(min(self._sort_window, len(self._queue)))]
+            self._queued_tokens -= sum(job.tokens for job in window)
+            return window
+
+    async def _tokenize(self, window: list[Job[Ticket]]) -> float:
+        started = time.perf_counter()
+        encoded = await asyncio.to_thread(self._tokenizer.encode, [job.text for job in window])
+        elapsed = time.perf_counter() - started
+        correction = 0
+        for job, (ids, truncated) in zip(window, encoded, strict=True):
+            correction += len(ids) - job.tokens
+            job.ids, job.truncated, job.tokens = ids, truncated, len(ids)
+        async with self._changed:
+            self.inflight_tokens += correction
+            self._changed.notify_all()
+        return elapsed
+
+    async def batches(self) -> AsyncIterator[Batch[Ticket]]:
+        """Endless stream of batches; the consumer's pace sets how far ahead windows are prepared."""
+        while True:
+            window = await self._next_window()
+            tokenize_seconds = await self._tokenize(window)
+            window.sort(key=lambda job: len(job.ids))
+            lengths = [len(job.ids) for job in window]
+            for span in slice_by_budget(lengths, self._max_batch_tokens, self._max_batch_size, self._pad_multiple):
+                jobs = window[span.start : span.stop]
+                input_ids, attention_mask = pad(
+                    [job.ids for job in jobs], self._pad_multiple, self._tokenizer.pad_token_id
+                )
+                yield Batch(
+                    jobs=jobs,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    queue_seconds=time.monotonic() - min(job.enqueued_at for job in jobs),
+                    tokenize_seconds=tokenize_seconds,
+                )

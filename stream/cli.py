@@ -1,0 +1,58 @@
+"""`socialpulse`: the worker, replay, demo, benchmark, and the model tools."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stream.settings import Settings
+
+app = typer.Typer(help="socialpulse: real-time social media stream processor.", no_args_is_help=True)
+
+
+@app.command()
+def run(loglevel: Annotated[str, typer.Option(help="Faust log level.")] = "info") -> None:
+    """Run the stream worker (settings from SOCIALPULSE_* env vars)."""
+    import faust
+
+    from stream.metrics import Metrics
+    from stream.worker import build_worker_app
+
+    settings = Settings()
+    worker_app, _ = build_worker_app(settings, Metrics())
+    faust.Worker(worker_app, loglevel=loglevel).execute_from_commandline()
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON-lines posts.")],
+    rate: Annotated[float, typer.Option(help="Posts per second; 0 sends as fast as the broker takes them.")] = 100.0,
+    topic: Annotated[str | None, typer.Option(help="Target topic (default: the input topic).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many posts.")] = None,
+    retime: Annotated[bool, typer.Option(help="Set created_at to the send time.")] = True,
+) -> None:
+    """Produce posts from a JSON-lines file at a steady rate, with progress."""
+    from stream.replay import replay as replay_posts
+
+    settings = Settings()
+    sent = asyncio.run(
+        replay_posts(
+            file,
+            topic or settings.input_topic,
+            settings.kafka_bootstrap,
+            rate,
+            retime=retime,
+            limit=limit,
+            client_options=settings.kafka_client_options,
+        )
+    )
+    typer.echo(f"replayed {sent} posts to {topic or settings.input_topic}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

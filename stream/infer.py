@@ -1,0 +1,85 @@
+"""Inference stage: run a padded batch on the backend and turn head outputs into labelled scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from models.manifest import Head, Manifest
+from stream.backends.base import InferenceBackend, Outputs
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadResult:
+    """One head's decision for one post."""
+
+    scores: dict[str, float]
+    # softmax: the single arg-max label; sigmoid: every label at or over its threshold.
+    labels: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    heads: dict[str, HeadResult]
+    embedding: list[float] | None
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+def sigmoid(logits: FloatArray) -> FloatArray:
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def decode_head(head: Head, logits: FloatArray) -> list[HeadResult]:
+    if head.activation == "softmax":
+        probabilities = softmax(logits)
+        top = probabilities.argmax(axis=-1)
+        return [
+            HeadResult(scores=_rounded(head.labels, row), labels=[head.labels[int(index)]])
+            for row, index in zip(probabilities, top, strict=True)
+        ]
+    probabilities = sigmoid(logits)
+    thresholds = np.array([head.thresholds.get(label, 0.5) for label in head.labels], dtype=np.float32)
+    return [
+        HeadResult(
+            scores=_rounded(head.labels, row),
+            labels=[label for label, hit in zip(head.labels, row >= thresholds, strict=True) if hit],
+        )
+        for row in probabilities
+    ]
+
+
+def decode_outputs(manifest: Manifest, outputs: Outputs) -> list[Prediction]:
+    per_head = {head.name: decode_head(head, outputs[head.output]) for head in manifest.heads}
+    batch = len(next(iter(per_head.values())))
+    embeddings = outputs.get(manifest.embedding_output) if manifest.embedding_output else None
+    return [
+        Prediction(
+            heads={name: results[i] for name, results in per_head.items()},
+            embedding=embeddings[i].tolist() if embeddings is not None else None,
+        )
+        for i in range(batch)
+    ]
+
+
+def predict(
+    backend: InferenceBackend,
+    manifest: Manifest,
+    input_ids: npt.NDArray[np.int64],
+    attention_mask: npt.NDArray[np.int64],
+) -> list[Prediction]:
+    return decode_outputs(manifest, backend.run(input_ids, attention_mask))
+
+
+def _rounded(labels: list[str], row: FloatArray) -> dict[str, float]:
+    # Six decimals keep events small and stable across runs without losing anything a threshold sees.
+    return {label: round(float(value), 6) for label, value in zip(labels, row, strict=True)}

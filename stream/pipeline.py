@@ -1,0 +1,244 @@
+"""The processor's core: validate -> batch -> infer -> emit -> ack, with acks strictly after output acks.
+
+Ingest hands every record to `submit` with an ack callback. A record is acknowledged to Faust (and so
+becomes committable) only after every record produced from it, event or dead letter, was acknowledged
+by Kafka. Inference runs in one worker thread (ONNX Runtime releases the GIL) so the event loop keeps
+heartbeating; the next window is tokenized while the current batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from models.manifest import Manifest
+from stream.backends.base import InferenceBackend
+from stream.batch import Batch, Batcher, Job, pad
+from stream.emit import Emitter, Enriched, now_ms
+from stream.infer import Prediction, predict
+from stream.metrics import Metrics
+from stream.schema import RejectReason
+from stream.validate import Rejection, SourceRef, Validator, ValidPost
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[], Awaitable[object]]
+
+SENTIMENT_HEAD = "sentiment"
+BEHAVIOUR_HEAD = "behaviour"
+
+
+class BrandMatcher(Protocol):
+    def match(self, valid: ValidPost) -> list[str]: ...
+
+
+class BatchObserver(Protocol):
+    """Told about every completed batch (the live page's rolling stats)."""
+
+    def record_batch(self, posts: list[Enriched], e2e_seconds: list[float]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    valid: ValidPost
+    source: SourceRef
+    ingested_at_ms: int
+    ack: Ack
+
+
+class PipelineFailed(RuntimeError):
+    """Outputs could not be delivered; the worker must stop so uncommitted input is redelivered."""
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        validator: Validator,
+        batcher: Batcher[Ticket],
+        backend: InferenceBackend,
+        manifest: Manifest,
+        emitter: Emitter,
+        metrics: Metrics,
+        matcher: BrandMatcher | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._validator = validator
+        self._batcher = batcher
+        self._backend = backend
+        self._manifest = manifest
+        self._emitter = emitter
+        self._metrics = metrics
+        self._matcher = matcher
+        self._observer = observer
+        self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="socialpulse-infer")
+        self._pending: set[asyncio.Task[None]] = set()
+        self._busy_seconds = 0.0
+        self._busy_since = time.monotonic()
+        self.failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def submit(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
+        """Take one input record; returns once it is queued (blocks while in-flight tokens are at the bound)."""
+        self._metrics.posts_consumed.inc()
+        ingested_at_ms = now_ms()
+        result = self._validator.validate(raw, source)
+        if isinstance(result, Rejection):
+            self._spawn(self._dead_letter(raw, result.reason, result.detail, source, ack))
+            return
+        if self._matcher is not None:
+            matched = self._matcher.match(result)
+            result = ValidPost(
+                post=result.post,
+                created_at_ms=result.created_at_ms,
+                language=result.language,
+                brands=list(dict.fromkeys([*result.brands, *matched])),
+            )
+        ticket = Ticket(valid=result, source=source, ingested_at_ms=ingested_at_ms, ack=ack)
+        text = result.post.text
+        await self._batcher.put(Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text)))
+
+    async def run(self) -> None:
+        """Prepare batches ahead and run them one at a time until cancelled."""
+        prepared: asyncio.Queue[Batch[Ticket]] = asyncio.Queue(maxsize=1)
+
+        async def prepare() -> None:
+            async for batch in self._batcher.batches():
+                await prepared.put(batch)
+
+        preparer = asyncio.create_task(prepare(), name="socialpulse-prepare")
+        try:
+            while True:
+                batch = await prepared.get()
+                predictions = await self._infer(batch)
+                self._spawn(self._complete(batch, predictions))
+        finally:
+            preparer.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for queued and running batches to be delivered and acked (clean shutdown)."""
+        deadline = time.monotonic() + timeout
+        while (self.inflight_tokens or self._pending) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    @property
+    def inflight_tokens(self) -> int:
+        return self._batcher.inflight_tokens
+
+    def close(self) -> None:
+        self._inference_thread.shutdown(wait=False, cancel_futures=True)
+
+    def busy_ratio(self) -> float:
+        """Share of wall time inference ran since the last call."""
+        now = time.monotonic()
+        ratio = self._busy_seconds / max(now - self._busy_since, 1e-9)
+        self._busy_seconds, self._busy_since = 0.0, now
+        return min(ratio, 1.0)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.failure.done():
+            self.failure.set_exception(PipelineFailed(str(task.exception())))
+
+    async def _run_backend(self, batch: Batch[Ticket]) -> list[Prediction]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(
+                self._inference_thread, predict, self._backend, self._manifest, batch.input_ids, batch.attention_mask
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            self._busy_seconds += elapsed
+            self._metrics.stage.labels("inference").observe(elapsed)
+
+    async def _infer(self, batch: Batch[Ticket]) -> list[Prediction | None]:
+        metrics = self._metrics
+        metrics.stage.labels("queue").observe(batch.queue_seconds)
+        metrics.stage.labels("tokenize").observe(batch.tokenize_seconds)
+        metrics.batch_size.observe(len(batch.jobs))
+        metrics.batch_tokens.observe(batch.padded_tokens)
+        metrics.padding_ratio.set(1.0 - batch.real_tokens / batch.padded_tokens)
+        try:
+            return list(await self._run_backend(batch))
+        except Exception:
+            log.exception("batch of %d failed in inference; retrying its posts one by one", len(batch.jobs))
+        return [await self._infer_alone(job) for job in batch.jobs]
+
+    async def _infer_alone(self, job: Job[Ticket]) -> Prediction | None:
+        input_ids, attention_mask = pad([job.ids], 1, 0)
+        single = Batch(
+            jobs=[job], input_ids=input_ids, attention_mask=attention_mask, queue_seconds=0, tokenize_seconds=0
+        )
+        try:
+            return (await self._run_backend(single))[0]
+        except Exception as error:
+            log.exception("post %s failed in inference", job.ticket.valid.post.id)
+            self._spawn(
+                self._dead_letter(
+                    job.ticket.valid.post.text.encode(),
+                    RejectReason.INFERENCE_FAILED,
+                    repr(error),
+                    job.ticket.source,
+                    job.ticket.ack,
+                )
+            )
+            return None
+
+    def _enrich(self, job: Job[Ticket], prediction: Prediction) -> Enriched:
+        sentiment = prediction.heads[SENTIMENT_HEAD]
+        behaviour = prediction.heads.get(BEHAVIOUR_HEAD)
+        return Enriched(
+            valid=job.ticket.valid,
+            ingested_at_ms=job.ticket.ingested_at_ms,
+            sentiment=sentiment.labels[0],
+            sentiment_scores=sentiment.scores,
+            behaviours=behaviour.labels if behaviour else [],
+            behaviour_scores=behaviour.scores if behaviour else {},
+            embedding=prediction.embedding,
+            truncated=job.truncated,
+        )
+
+    async def _complete(self, batch: Batch[Ticket], predictions: list[Prediction | None]) -> None:
+        served = [(job, prediction) for job, prediction in zip(batch.jobs, predictions, strict=True) if prediction]
+        enriched = [self._enrich(job, prediction) for job, prediction in served]
+        started = time.perf_counter()
+        produced = await self._emitter.emit(enriched)
+        self._metrics.stage.labels("produce").observe(time.perf_counter() - started)
+        for job, _ in served:
+            await job.ticket.ack()
+        await self._batcher.release(batch.charged_tokens)
+        self._observe_delivered(enriched, produced)
+
+    def _observe_delivered(self, enriched: list[Enriched], produced: dict[str, list[str]]) -> None:
+        metrics = self._metrics
+        delivered_ms = now_ms()
+        e2e_seconds = []
+        for post in enriched:
+            e2e_seconds.append((delivered_ms - post.valid.created_at_ms) / 1000)
+            metrics.e2e_created.observe(max(0.0, e2e_seconds[-1]))
+            metrics.e2e_ingest.observe((delivered_ms - post.ingested_at_ms) / 1000)
+            for brand in post.valid.brands:
+                metrics.brand_posts.labels(brand).inc()
+                metrics.brand_sentiment.labels(brand, post.sentiment).inc()
+        for topic, labels in produced.items():
+            for label in labels:
+                metrics.events_produced.labels(topic, label).inc()
+        if self._observer is not None:
+            self._observer.record_batch(enriched, e2e_seconds)
+
+    async def _dead_letter(
+        self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, ack: Ack
+    ) -> None:
+        await self._emitter.dead_letter(raw, reason, detail, source)
+        await ack()
+        self._metrics.dlq_records.labels(reason.value).inc()

@@ -1,0 +1,291 @@
+"""The Faust worker: app settings, the pipeline service, topic creation, lag and busy gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from mode import Service
+
+from models.manifest import Manifest, load_manifest
+from stream.backends import select_backend
+from stream.backends.ort import OrtBackend
+from stream.batch import Batcher, PostTokenizer
+from stream.emit import Emitter, Topics
+from stream.ingest import register_ingest
+from stream.metrics import Metrics
+from stream.pipeline import BatchObserver, BrandMatcher, Pipeline, Ticket
+from stream.schema import ModelRef
+from stream.settings import Settings
+from stream.validate import Validator
+
+log = logging.getLogger(__name__)
+
+LENGTH_BUCKETS = (16, 32, 64, 128)
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_faust_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_commit_interval=settings.broker_commit_interval_s,
+        # Inference of a full window must never look like a dead consumer.
+        broker_max_poll_interval=max(300.0, settings.broker_session_timeout_s * 10),
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        store="memory://",
+    )
+
+
+def _faust_credentials(settings: Settings) -> Any:
+    if settings.kafka_sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=settings.kafka_ssl_context,
+        )
+    if settings.kafka_ssl_context is not None:
+        return faust.SSLCredentials(settings.kafka_ssl_context)
+    return None
+
+
+def build_backend(settings: Settings, manifest: Manifest) -> OrtBackend:
+    backend = select_backend(
+        settings.model_dir,
+        manifest,
+        backend=settings.backend,
+        variant=settings.model_variant,
+        intra_op_threads=settings.intra_op_threads,
+        max_batch_size=settings.max_batch_size,
+        tensorrt_cache_dir=settings.tensorrt_cache_dir,
+    )
+    buckets = [length for length in LENGTH_BUCKETS if length <= manifest.max_seq_len] or [manifest.max_seq_len]
+    backend.warmup(min(settings.max_batch_size, 8), buckets)
+    return backend
+
+
+def build_validator(settings: Settings) -> Validator:
+    from models.language import KNOWN_LANGUAGES, detect_language
+
+    return Validator(
+        detect_language=detect_language,
+        known_languages=KNOWN_LANGUAGES,
+        served_languages=frozenset(settings.languages),
+        language_min_confidence=settings.language_min_confidence,
+        max_record_bytes=settings.max_record_bytes,
+        max_text_chars=settings.max_text_chars,
+        dedupe_window=settings.dedupe_window,
+    )
+
+
+class PipelineService(Service):
+    """Owns the producer, the model and the pipeline's tasks for the lifetime of the worker."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: Metrics,
+        matcher: BrandMatcher | None = None,
+        observer: BatchObserver | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self._matcher = matcher
+        self._observer = observer
+        self._ready: asyncio.Future[Pipeline] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._pipeline: Pipeline | None = None
+        self._lag_probe = LagProbe(settings)
+
+    async def pipeline(self) -> Pipeline:
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+        return await self._ready
+
+    async def on_start(self) -> None:
+        settings = self.settings
+        await ensure_topics(settings)
+        manifest = load_manifest(settings.model_dir)
+        backend = await asyncio.to_thread(build_backend, settings, manifest)
+        self.metrics.model_info.info(
+            {
+                "name": manifest.name,
+                "version": manifest.version,
+                "variant": backend.variant,
+                "provider": backend.provider,
+            }
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            client_id=f"{settings.app_id}-events",
+            **settings.kafka_client_options,
+        )
+        await self._producer.start()
+        await self._lag_probe.start()
+        tokenizer = PostTokenizer(settings.model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+        batcher: Batcher[Ticket] = Batcher(
+            tokenizer,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            sort_window=settings.sort_window,
+            pad_multiple=settings.pad_multiple,
+            max_inflight_tokens=settings.max_inflight_tokens,
+        )
+        topics = Topics(
+            sentiment=settings.sentiment_topic,
+            behaviour=settings.behaviour_topic,
+            dlq=settings.dlq_topic,
+            mentions=settings.mentions_topic,
+        )
+        self._pipeline = Pipeline(
+            validator=build_validator(settings),
+            batcher=batcher,
+            backend=backend,
+            manifest=manifest,
+            emitter=Emitter(self._producer, topics, ModelRef(manifest.name, manifest.version, backend.variant)),
+            metrics=self.metrics,
+            matcher=self._matcher,
+            observer=self._observer,
+        )
+        self.add_future(self._pipeline.run())
+        self.add_future(self._watch_failure(self._pipeline))
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+        self._ready.set_result(self._pipeline)
+        self.metrics.worker_up.set(1)
+        log.info(
+            "socialpulse pipeline ready: model %s %s (%s on %s)",
+            manifest.name,
+            manifest.version,
+            backend.variant,
+            backend.provider,
+        )
+
+    async def _watch_failure(self, pipeline: Pipeline) -> None:
+        try:
+            await pipeline.failure
+        except Exception as error:
+            log.error("stopping the worker: %s", error)
+            await self.crash(error)
+
+    @Service.timer(2.0)
+    async def _update_gauges(self) -> None:
+        if self._pipeline is not None:
+            self.metrics.backend_busy.set(self._pipeline.busy_ratio())
+            self.metrics.inflight_tokens.set(self._pipeline.inflight_tokens)
+
+    @Service.timer(5.0)
+    async def _update_lag(self) -> None:
+        try:
+            lags = await self._lag_probe.measure()
+        except Exception as error:  # the probe is advisory: a broker hiccup must not stop processing
+            log.warning("consumer lag probe failed: %s", error)
+            return
+        for partition, lag in lags.items():
+            self.metrics.consumer_lag.labels(self.settings.input_topic, str(partition)).set(lag)
+
+    async def on_stop(self) -> None:
+        self.metrics.worker_up.set(0)
+        if self._pipeline is not None:
+            await self._pipeline.drain(timeout=10.0)
+            self._pipeline.close()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self._lag_probe.stop()
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the output topics the worker writes with its own producer (broker auto-create may be off)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            settings.input_topic,
+            settings.sentiment_topic,
+            settings.behaviour_topic,
+            settings.dlq_topic,
+            settings.mentions_topic,
+            settings.brand_stats_topic,
+            settings.alerts_topic,
+        ]
+        missing = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            for name in wanted
+            if name not in existing
+        ]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+class LagProbe:
+    """End offset minus the group's committed offset, per input partition, for the whole group."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        options = settings.kafka_client_options
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **options)
+
+    async def start(self) -> None:
+        await self._admin.start()
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def measure(self) -> dict[int, int]:
+        topic = self._settings.input_topic
+        await self._consumer.topics()  # refreshes metadata, so new partitions show up
+        tps = [TopicPartition(topic, p) for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
+        ends = await self._consumer.end_offsets(tps)
+        committed = await self._admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
+        return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
+
+
+def build_worker_app(
+    settings: Settings,
+    metrics: Metrics,
+    matcher: BrandMatcher | None = None,
+    observer: BatchObserver | None = None,
+) -> tuple[faust.App, PipelineService]:
+    app = create_app(settings)
+    service = PipelineService(app, settings, metrics, matcher=matcher, observer=observer, loop=None)
+    # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
+    app.service(cast(Any, service))
+    register_ingest(app, settings, service.pipeline)
+
+    def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        metrics.rebalances.inc()
+
+    app.on_rebalance_complete.connect(count_rebalance)
+
+    return app, service
