@@ -1,0 +1,119 @@
+"""Integration fixtures: one real Kafka broker per test session, plus topic and client factories.
+
+The broker is separate from the demo one (own state dir under .cache/kafka-test, own ports), starts from an
+empty data dir each session and is stopped at the end. Override the port with SOCIALPULSE_TEST_KAFKA_PORT
+(the KRaft controller takes the next one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream.kafka_local import REPO_ROOT, LocalKafka
+
+TEST_KAFKA_PORT = int(os.environ.get("SOCIALPULSE_TEST_KAFKA_PORT", "19192"))
+TEST_KAFKA_HOME = REPO_ROOT / ".cache/kafka-test"
+_HERE = Path(__file__).resolve().parent
+
+TopicFactory = Callable[..., Awaitable[str]]
+ProducerFactory = Callable[..., Awaitable[AIOKafkaProducer]]
+ConsumerFactory = Callable[..., Awaitable[AIOKafkaConsumer]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[LocalKafka]:
+    broker = LocalKafka(TEST_KAFKA_HOME, TEST_KAFKA_PORT)
+    # Also stops a broker left behind by a killed session, so every session sees an empty cluster.
+    broker.reset()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def kafka_admin(kafka: LocalKafka) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    yield admin
+    await admin.close()
+
+
+@pytest.fixture
+async def topic_factory(kafka_admin: AIOKafkaAdminClient) -> TopicFactory:
+    """`await topic_factory(partitions=4, prefix="t", **topic_configs)` creates a fresh topic and returns its name."""
+
+    async def create(partitions: int = 4, prefix: str = "t", **configs: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        response = await kafka_admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)]
+        )
+        errors = [(topic, code, message) for topic, code, message in response.topic_errors if code != 0]
+        if errors:
+            raise RuntimeError(f"create_topics failed: {errors}")
+        await _wait_for_leaders(kafka_admin, name, partitions)
+        return name
+
+    return create
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, partitions: int, timeout_s: float = 15.0) -> None:
+    # Creation returns once the controller has the topic; producing before every partition has a leader
+    # would only add retry noise to the tests.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        (description,) = await admin.describe_topics([topic])
+        led = [p for p in description["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
+        if description["error_code"] == 0 and len(led) == partitions:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topic {topic} has no leader for every partition after {timeout_s}s: {description}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def producer_factory(kafka: LocalKafka) -> AsyncIterator[ProducerFactory]:
+    """`await producer_factory(**aiokafka_options)`: a started producer, stopped after the test."""
+    started: list[AIOKafkaProducer] = []
+
+    async def create(**options: Any) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, **options)
+        await producer.start()
+        started.append(producer)
+        return producer
+
+    yield create
+    for producer in started:
+        await producer.stop()
+
+
+@pytest.fixture
+async def consumer_factory(kafka: LocalKafka) -> AsyncIterator[ConsumerFactory]:
+    """`await consumer_factory(*topics, **aiokafka_options)`: a started consumer reading from the earliest offset."""
+    started: list[AIOKafkaConsumer] = []
+
+    async def create(*topics: str, **options: Any) -> AIOKafkaConsumer:
+        options.setdefault("auto_offset_reset", "earliest")
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=kafka.bootstrap, **options)
+        await consumer.start()
+        started.append(consumer)
+        return consumer
+
+    yield create
+    for consumer in started:
+        await consumer.stop()
