@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,9 +38,9 @@ class BrandMatcher(Protocol):
 
 
 class BatchObserver(Protocol):
-    """Told about every completed batch (the live page's rolling stats)."""
+    """Told about every delivered batch (the live page's rolling stats)."""
 
-    def record_batch(self, posts: list[Enriched], e2e_seconds: list[float]) -> None: ...
+    def record_batch(self, now_s: float, *, posts: int, brands_sentiments: Iterable[tuple[str, str]] = ()) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +222,9 @@ class Pipeline:
     def _observe_delivered(self, enriched: list[Enriched], produced: dict[str, list[str]]) -> None:
         metrics = self._metrics
         delivered_ms = now_ms()
-        e2e_seconds = []
         for post in enriched:
-            e2e_seconds.append((delivered_ms - post.valid.created_at_ms) / 1000)
-            metrics.e2e_created.observe(max(0.0, e2e_seconds[-1]))
+            # A producer's clock may run ahead of ours; a negative latency is clamped, not recorded.
+            metrics.e2e_created.observe(max(0.0, (delivered_ms - post.valid.created_at_ms) / 1000))
             metrics.e2e_ingest.observe((delivered_ms - post.ingested_at_ms) / 1000)
             for brand in post.valid.brands:
                 metrics.brand_posts.labels(brand).inc()
@@ -234,7 +233,11 @@ class Pipeline:
             for label in labels:
                 metrics.events_produced.labels(topic, label).inc()
         if self._observer is not None:
-            self._observer.record_batch(enriched, e2e_seconds)
+            self._observer.record_batch(
+                delivered_ms / 1000,
+                posts=len(enriched),
+                brands_sentiments=[(brand, post.sentiment) for post in enriched for brand in post.valid.brands],
+            )
 
     async def _dead_letter(
         self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, ack: Ack

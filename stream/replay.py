@@ -12,27 +12,33 @@ from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stream.emit import now_ms
+from stream.validate import parse_created_at
 
 
-def read_records(path: Path, retime: bool) -> Iterator[bytes]:
-    """Lines as they will be sent. With `retime`, valid posts get created_at = send time (live latency).
+def read_records(path: Path, retime: bool) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) as they will be sent: keyed by post id, so a duplicate lands on its original's partition
+    (and worker). With `retime`, posts get created_at = send time, so latency reads as live.
 
-    Lines that are not JSON objects are sent untouched: replaying malformed input is a feature.
+    Lines that are not JSON objects are sent untouched and unkeyed: replaying malformed input is a feature.
     """
     with path.open("rb") as handle:
         for line in handle:
-            line = line.rstrip(b"\n")
-            if not line:
+            value = line.rstrip(b"\n")
+            if not value:
                 continue
-            if retime:
-                try:
-                    record = msgspec.json.decode(line)
-                except msgspec.DecodeError:
-                    record = None
-                if isinstance(record, dict) and "created_at" in record:
-                    record["created_at"] = now_ms()
-                    line = msgspec.json.encode(record)
-            yield line
+            try:
+                record = msgspec.json.decode(value)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                record = None
+            if not isinstance(record, dict):
+                yield None, value
+                continue
+            # A malformed timestamp stays malformed: replaying bad input must keep it bad.
+            if retime and parse_created_at(record.get("created_at", "")) is not None:
+                record["created_at"] = now_ms()
+                value = msgspec.json.encode(record)
+            post_id = record.get("id")
+            yield (str(post_id).encode() if post_id is not None else None), value
 
 
 async def replay(
@@ -65,7 +71,7 @@ async def replay(
     try:
         with Progress(*columns, disable=not show_progress, transient=False) as progress:
             task = progress.add_task("replay", total=total, rate="")
-            for sent, record in enumerate(read_records(path, retime), start=1):
+            for sent, (key, value) in enumerate(read_records(path, retime), start=1):
                 if limit is not None and sent > limit:
                     break
                 if rate > 0:
@@ -73,7 +79,7 @@ async def replay(
                     delay = started + sent / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                deliveries.append(await producer.send(topic, value=record))
+                deliveries.append(await producer.send(topic, key=key, value=value))
                 if sent % 100 == 0 or sent == total:
                     elapsed = max(time.monotonic() - started, 1e-9)
                     progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} posts/s")

@@ -11,8 +11,10 @@ import msgspec
 
 from stream.schema import Post, RejectReason
 
-# A language detector: text -> (ISO 639-1 code, confidence in 0..1).
+# A language detector: text -> (ISO 639 code, confidence in 0..1).
 LanguageDetector = Callable[[str], tuple[str, float]]
+# A language tag parser: BCP 47 tag -> primary language code, or None for a tag that is not registered.
+LanguageTagParser = Callable[[str], str | None]
 
 # Timestamps before 2000 or beyond 2100 are almost surely seconds-vs-milliseconds mistakes.
 EARLIEST_MS = 946_684_800_000
@@ -74,10 +76,6 @@ def parse_created_at(value: str | int) -> int | None:
     return millis if EARLIEST_MS <= millis <= LATEST_MS else None
 
 
-def normalise_language(code: str) -> str:
-    return code.strip().lower().replace("_", "-").split("-")[0]
-
-
 def brand_hints(brand: list[str] | str | None) -> list[str]:
     if brand is None:
         return []
@@ -89,7 +87,7 @@ class Validator:
     def __init__(
         self,
         detect_language: LanguageDetector,
-        known_languages: frozenset[str],
+        parse_language_tag: LanguageTagParser,
         served_languages: frozenset[str],
         language_min_confidence: float,
         max_record_bytes: int,
@@ -97,7 +95,7 @@ class Validator:
         dedupe_window: int,
     ) -> None:
         self._detect_language = detect_language
-        self._known_languages = known_languages
+        self._parse_language_tag = parse_language_tag
         # Empty means the model serves every language.
         self._served_languages = served_languages
         self._language_min_confidence = language_min_confidence
@@ -149,9 +147,9 @@ class Validator:
 
     def _language_of(self, post: Post) -> str | Rejection:
         if post.lang is not None:
-            language = normalise_language(post.lang)
-            if language not in self._known_languages:
-                return Rejection(RejectReason.UNKNOWN_LANGUAGE, f"lang {post.lang!r} is not a known language code")
+            language = self._parse_language_tag(post.lang)
+            if language is None:
+                return Rejection(RejectReason.UNKNOWN_LANGUAGE, f"lang {post.lang!r} is not a registered BCP 47 tag")
             confident = True
         else:
             language, confidence = self._detect_language(post.text)

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from mode import Service
 
+from models.language import detect_language, primary_language
 from models.manifest import Manifest, load_manifest
 from stream.backends import select_backend
 from stream.backends.ort import OrtBackend
@@ -22,6 +23,7 @@ from stream.pipeline import BatchObserver, BrandMatcher, Pipeline, Ticket
 from stream.schema import ModelRef
 from stream.settings import Settings
 from stream.validate import Validator
+from stream.web import LiveStats, MetricsServer, register_web, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,9 @@ def build_backend(settings: Settings, manifest: Manifest) -> OrtBackend:
 
 
 def build_validator(settings: Settings) -> Validator:
-    from models.language import KNOWN_LANGUAGES, detect_language
-
     return Validator(
         detect_language=detect_language,
-        known_languages=KNOWN_LANGUAGES,
+        parse_language_tag=primary_language,
         served_languages=frozenset(settings.languages),
         language_min_confidence=settings.language_min_confidence,
         max_record_bytes=settings.max_record_bytes,
@@ -117,6 +117,7 @@ class PipelineService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._pipeline: Pipeline | None = None
         self._lag_probe = LagProbe(settings)
+        self._metrics_server: MetricsServer | None = None
 
     async def pipeline(self) -> Pipeline:
         if self._ready is None:
@@ -125,7 +126,7 @@ class PipelineService(Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        await ensure_topics(settings)
+        self._metrics_server = start_metrics_server(settings, self.metrics)
         manifest = load_manifest(settings.model_dir)
         backend = await asyncio.to_thread(build_backend, settings, manifest)
         self.metrics.model_info.info(
@@ -217,10 +218,15 @@ class PipelineService(Service):
         if self._producer is not None:
             await self._producer.stop()
         await self._lag_probe.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the output topics the worker writes with its own producer (broker auto-create may be off)."""
+    """Create the topics the worker reads and writes before Faust subscribes.
+
+    Faust ignores a missing source topic at subscription, and broker auto-create may be off.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
     await admin.start()
     try:
@@ -250,35 +256,43 @@ class LagProbe:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        options = settings.kafka_client_options
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **options)
+        self._clients: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
 
     async def start(self) -> None:
-        await self._admin.start()
-        await self._consumer.start()
+        # aiokafka clients bind to the running loop, so they are made here, not in __init__.
+        options = self._settings.kafka_client_options
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.kafka_bootstrap, **options)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap, **options)
+        await admin.start()
+        await consumer.start()
+        self._clients = (admin, consumer)
 
     async def stop(self) -> None:
-        await self._consumer.stop()
-        await self._admin.close()
+        if self._clients is not None:
+            admin, consumer = self._clients
+            await consumer.stop()
+            await admin.close()
+            self._clients = None
 
     async def measure(self) -> dict[int, int]:
+        if self._clients is None:
+            return {}
+        admin, consumer = self._clients
         topic = self._settings.input_topic
-        await self._consumer.topics()  # refreshes metadata, so new partitions show up
-        tps = [TopicPartition(topic, p) for p in sorted(self._consumer.partitions_for_topic(topic) or ())]
-        ends = await self._consumer.end_offsets(tps)
-        committed = await self._admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
+        await consumer.topics()  # refreshes metadata, so new partitions show up
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
 
 
 def build_worker_app(
-    settings: Settings,
-    metrics: Metrics,
-    matcher: BrandMatcher | None = None,
-    observer: BatchObserver | None = None,
+    settings: Settings, metrics: Metrics, matcher: BrandMatcher | None = None
 ) -> tuple[faust.App, PipelineService]:
     app = create_app(settings)
-    service = PipelineService(app, settings, metrics, matcher=matcher, observer=observer, loop=None)
+    live = LiveStats()
+    register_web(app, metrics, live)
+    service = PipelineService(app, settings, metrics, matcher=matcher, observer=live, loop=None)
     # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
     app.service(cast(Any, service))
     register_ingest(app, settings, service.pipeline)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from models.language import primary_language
 from stream.schema import RejectReason
 from stream.validate import Rejection, SourceRef, Validator, ValidPost, parse_created_at
-
-KNOWN = frozenset({"en", "fr", "de", "es"})
 
 
 def fake_detector(text: str) -> tuple[str, float]:
@@ -19,7 +18,7 @@ def fake_detector(text: str) -> tuple[str, float]:
 def make_validator(**overrides: object) -> Validator:
     options: dict[str, object] = {
         "detect_language": fake_detector,
-        "known_languages": KNOWN,
+        "parse_language_tag": primary_language,
         "served_languages": frozenset({"en"}),
         "language_min_confidence": 0.8,
         "max_record_bytes": 10_000,
@@ -80,6 +79,7 @@ def test_valid_post_is_normalised() -> None:
         (encode(post(created_at="2026-11-28T10:00:00")), RejectReason.BAD_TIMESTAMP),
         (encode(post(created_at=1_700_000_000)), RejectReason.BAD_TIMESTAMP),
         (encode(post(lang="klingon")), RejectReason.UNKNOWN_LANGUAGE),
+        (encode(post(lang="tlh-klingon")), RejectReason.UNKNOWN_LANGUAGE),
         (encode(post(lang="de")), RejectReason.UNSUPPORTED_LANGUAGE),
         (encode(post(text="Bonjour, le service est nul")), RejectReason.UNSUPPORTED_LANGUAGE),
     ],

@@ -1,0 +1,124 @@
+"""Realistic input streams from real posts: the 4,200 human-rated tweets, plus labelled malformed records.
+
+Used by the demo, the benchmark and the integration tests, so all three replay the same kind of
+traffic. Tweet texts are real; ids, authors, platforms, brand hints and timestamps are assigned here
+(seeded), because the corpus has none.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from stream.schema import RejectReason
+
+DEMO_BRANDS = ("Acme", "Globex", "Initech", "Umbrella")
+PLATFORMS = ("x", "bluesky", "mastodon", "reddit")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledRecord:
+    """A record as it goes on the wire, and what the processor must do with it."""
+
+    raw: bytes
+    post_id: str
+    # None: a valid post that must come out as events.
+    expected: RejectReason | None
+
+
+def load_tweet_texts() -> list[str]:
+    from models.data import load_rated
+
+    return [tweet.text for tweet in load_rated("tweets")]
+
+
+def make_post(rng: random.Random, post_id: str, text: str, created_at_ms: int) -> dict[str, object]:
+    post: dict[str, object] = {
+        "id": post_id,
+        "text": text,
+        "created_at": created_at_ms,
+        "author": {"id": f"user-{rng.randrange(2_000)}", "followers": int(rng.paretovariate(1.2) * 50)},
+        "platform": rng.choice(PLATFORMS),
+        "lang": "en",
+    }
+    if rng.random() < 0.6:
+        post["brand"] = rng.choice(DEMO_BRANDS)
+    return post
+
+
+def _encode(post: dict[str, object]) -> bytes:
+    return msgspec.json.encode(post)
+
+
+def _with(post: dict[str, object], **changes: object) -> bytes:
+    return _encode({**post, **changes})
+
+
+def _without(post: dict[str, object], field: str) -> bytes:
+    return _encode({key: value for key, value in post.items() if key != field})
+
+
+# Each malformed kind turns a valid post into a record that must be dead-lettered with that reason.
+MALFORMED: dict[RejectReason, Callable[[dict[str, object], random.Random], bytes]] = {
+    RejectReason.INVALID_UTF8: lambda post, rng: _encode(post).replace(b'"text":"', b'"text":"\xff\xfe', 1),
+    RejectReason.INVALID_JSON: lambda post, rng: _encode(post)[: rng.randrange(5, 40)],
+    RejectReason.WRONG_TYPE: lambda post, rng: rng.choice(
+        [_with(post, text=12345), _with(post, author={"id": "u", "followers": "lots"}), b"[1, 2, 3]"]
+    ),
+    RejectReason.MISSING_FIELD: lambda post, rng: _without(post, rng.choice(["text", "author", "id", "platform"])),
+    RejectReason.EMPTY_TEXT: lambda post, rng: _with(post, text=rng.choice(["", "   ", "\n\t "])),
+    RejectReason.TEXT_TOO_LONG: lambda post, rng: _with(post, text="so long " * 1_600),
+    RejectReason.RECORD_TOO_LARGE: lambda post, rng: _with(post, text="x" * 600_000),
+    RejectReason.BAD_TIMESTAMP: lambda post, rng: _with(post, created_at=rng.choice(["yesterday", "2026-13-45"])),
+    RejectReason.UNKNOWN_LANGUAGE: lambda post, rng: _with(post, lang="tlh-klingon"),
+    RejectReason.UNSUPPORTED_LANGUAGE: lambda post, rng: _with(
+        post, text="Franchement, le service client est vraiment nul aujourd'hui", lang="fr"
+    ),
+}
+
+
+def labelled_stream(
+    texts: list[str],
+    count: int,
+    malformed_share: float = 0.05,
+    seed: int = 7,
+    start_ms: int = 1_795_860_000_000,
+) -> list[LabelledRecord]:
+    """`count` records: real tweets as valid posts, and a `malformed_share` spread over every bad kind.
+
+    Duplicate ids are among the bad kinds: a later record reusing an earlier valid post's id.
+    """
+    rng = random.Random(seed)
+    kinds = [*MALFORMED, RejectReason.DUPLICATE_ID]
+    bad_positions = set(rng.sample(range(1, count), round(count * malformed_share)))
+    records: list[LabelledRecord] = []
+    valid_ids: list[str] = []
+    for index in range(count):
+        post_id = f"post-{seed}-{index}"
+        post = make_post(rng, post_id, texts[index % len(texts)], start_ms + index * 10)
+        if index not in bad_positions or not valid_ids:
+            records.append(LabelledRecord(_encode(post), post_id, None))
+            valid_ids.append(post_id)
+            continue
+        kind = kinds[len(records) % len(kinds)]
+        if kind is RejectReason.DUPLICATE_ID:
+            # Keyed by the reused id, like any producer keying by post id: same partition as the original.
+            post_id = rng.choice(valid_ids)
+            raw = _with(post, id=post_id)
+        else:
+            raw = MALFORMED[kind](post, rng)
+        records.append(LabelledRecord(raw, post_id, kind))
+    return records
+
+
+def write_jsonl(records: list[LabelledRecord], path: Path) -> Path:
+    """One record a line; JSON never holds a raw newline, and malformed records have none either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        for record in records:
+            handle.write(record.raw.replace(b"\n", b" ") + b"\n")
+    return path
