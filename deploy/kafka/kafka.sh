@@ -57,31 +57,39 @@ cmd_fetch() {
     fi
     command -v mvn >/dev/null || die "mvn not found (Maven 3.8+ and Java 17+ are required)"
     mkdir -p "$(dirname "$LIBS")"
-    # Two concurrent fetches (setup + a test run) must not interleave in the same dir.
-    exec 9>"$(dirname "$LIBS")/.fetch.lock"
-    flock 9
-    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        return 0
-    fi
-    log "fetching Kafka $version jars with Maven into $LIBS"
-    # A version change must not leave old jars on the classpath.
-    rm -rf "$LIBS"
-    local mvn_log
-    mvn_log="$(dirname "$LIBS")/fetch.log"
-    mvn -B -f "$SCRIPT_DIR/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$LIBS" >"$mvn_log" 2>&1 || {
-        tail -30 "$mvn_log" >&2
-        die "Maven could not resolve the Kafka jars (full log: $mvn_log)"
-    }
-    [[ -f "$LIBS/kafka_2.13-$version.jar" ]] || die "kafka_2.13-$version.jar missing after fetch"
-    echo "$want" >"$stamp"
+    # Two concurrent fetches (setup + a test run) must not interleave in the same dir. The lock lives in
+    # a subshell so its fd is not inherited by a broker started later from this shell.
+    (
+        flock 9
+        if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+            exit 0
+        fi
+        log "fetching Kafka $version jars with Maven into $LIBS"
+        # A version change must not leave old jars on the classpath.
+        rm -rf "$LIBS"
+        mvn_log="$(dirname "$LIBS")/fetch.log"
+        mvn -B -f "$SCRIPT_DIR/pom.xml" dependency:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$LIBS" >"$mvn_log" 2>&1 || {
+            tail -n 30 "$mvn_log" >&2
+            die "Maven could not resolve the Kafka jars (full log: $mvn_log)"
+        }
+        [[ -f "$LIBS/kafka_2.13-$version.jar" ]] || die "kafka_2.13-$version.jar missing after fetch"
+        echo "$want" >"$stamp"
+    ) 9>"$(dirname "$LIBS")/.fetch.lock"
+}
+
+# A broker that exited but is not reaped yet (its parent shell is gone) is a zombie: kill -0 still works.
+alive() {
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z ]]
 }
 
 running_pid() {
     [[ -f "$PID_FILE" ]] || return 1
     local pid
     pid="$(cat "$PID_FILE")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -n "$pid" ]] && alive "$pid" || return 1
     # Guard against PID reuse: the process must be the broker of *this* state dir.
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $CONFIG" || return 1
     echo "$pid"
@@ -117,7 +125,7 @@ format_storage() {
     cluster_id="A${cluster_id:1}" # an id starting with '-' would parse as an option
     (java_cmd -- kafka.tools.StorageTool format --standalone --ignore-formatted \
         --cluster-id "$cluster_id" --config "$CONFIG") >"$LOG_DIR/format.log" 2>&1 ||
-        die "storage format failed: $(tail -5 "$LOG_DIR/format.log")"
+        die "storage format failed: $(tail -n 5 "$LOG_DIR/format.log")"
 }
 
 port_open() {
@@ -150,13 +158,13 @@ cmd_start() {
     echo "127.0.0.1:$PORT" >"$BOOTSTRAP_FILE"
     # "Kafka Server started" is logged once the broker is unfenced and serving clients.
     until grep -qs "Kafka Server started" "$LOG_DIR/server.log" && port_open "$PORT"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! alive "$pid"; then
             rm -f "$PID_FILE"
-            tail -20 "$LOG_DIR/stdout.log" "$LOG_DIR/server.log" >&2 2>/dev/null || true
+            tail -n 20 "$LOG_DIR/stdout.log" "$LOG_DIR/server.log" >&2 2>/dev/null || true
             die "broker exited during startup (logs in $LOG_DIR)"
         fi
         if ((SECONDS - t0 >= START_TIMEOUT)); then
-            tail -20 "$LOG_DIR/server.log" >&2 2>/dev/null || true
+            tail -n 20 "$LOG_DIR/server.log" >&2 2>/dev/null || true
             cmd_stop
             die "broker not ready after ${START_TIMEOUT}s (logs in $LOG_DIR)"
         fi
@@ -173,11 +181,12 @@ cmd_stop() {
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null || true
-    local t0=$SECONDS
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS - t0 >= STOP_TIMEOUT)); then
+    local t0=$SECONDS killed=""
+    while alive "$pid"; do
+        if [[ -z "$killed" ]] && ((SECONDS - t0 >= STOP_TIMEOUT)); then
             log "pid $pid still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
+            killed=1
         fi
         sleep 0.2
     done
