@@ -54,6 +54,25 @@ def replay(
     typer.echo(f"replayed {sent} posts to {topic or settings.input_topic}")
 
 
+@app.command()
+def demo(
+    rate: Annotated[float, typer.Option(help="Replay rate, posts per second.")] = 200.0,
+    malformed: Annotated[float, typer.Option(help="Share of deliberately malformed records.")] = 0.03,
+    keep_kafka: Annotated[bool, typer.Option(help="Leave the local broker running afterwards.")] = False,
+) -> None:
+    """Start local Kafka, replay the 4,200 rated tweets, run the worker, show live results and latency."""
+    from stream.demo import run_demo
+
+    summary = run_demo(rate, malformed, keep_kafka)
+    created = summary.get("latency_seconds", {}).get("created", {}).get("since_start", {})
+    typer.echo(
+        f"demo done: {summary.get('posts_consumed_total', 0):,.0f} posts consumed, "
+        f"{summary.get('events_produced_total', 0):,.0f} events, "
+        f"{summary.get('dlq_records_total', 0):,.0f} dead letters, "
+        f"e2e p50 {1000 * (created.get('p50') or 0):,.1f} ms, p99 {1000 * (created.get('p99') or 0):,.1f} ms"
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -50,6 +50,7 @@ async def replay(
     limit: int | None = None,
     show_progress: bool = True,
     client_options: dict[str, object] | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> int:
     """Send posts at `rate` per second (0: as fast as possible); returns how many were acknowledged."""
     total = sum(1 for _ in read_records(path, retime=False))
@@ -83,6 +84,8 @@ async def replay(
                 if sent % 100 == 0 or sent == total:
                     elapsed = max(time.monotonic() - started, 1e-9)
                     progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} posts/s")
+                    if on_sent is not None:
+                        on_sent(sent)
             await asyncio.gather(*deliveries)
     finally:
         await producer.stop()

@@ -1,0 +1,159 @@
+"""`socialpulse demo`: local Kafka, the real rated tweets replayed live, the worker, a live summary, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from models.manifest import MANIFEST_FILE
+from stream.kafka_local import LocalKafka
+from stream.replay import replay
+from stream.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
+from stream.settings import REPO_ROOT, Settings
+
+console = Console()
+
+
+def ensure_model(settings: Settings) -> None:
+    if (settings.model_dir / MANIFEST_FILE).is_file():
+        return
+    console.print(f"[yellow]no model at {settings.model_dir}; building the default model (one time)[/]")
+    subprocess.run([sys.executable, "-m", "stream", "models", "build"], cwd=REPO_ROOT, check=True)
+
+
+def fetch_summary(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/summary", timeout=2) as response:
+            summary: dict[str, Any] = orjson.loads(response.read())
+            return summary
+    except OSError:
+        return None
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.1f} ms"
+
+
+def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
+    table = Table(title="socialpulse live", show_header=False, min_width=60)
+    if summary is None:
+        table.add_row("worker", "starting...")
+        return Group(table)
+    created = summary["latency_seconds"]["created"]["since_start"]
+    ingest = summary["latency_seconds"]["ingest"]["since_start"]
+    model = summary.get("model", {})
+    table.add_row("replayed", f"{sent:,} / {total:,}")
+    table.add_row("consumed", f"{summary['posts_consumed_total']:,.0f}")
+    table.add_row("throughput", f"{summary['throughput_posts_per_s']:,.0f} posts/s")
+    table.add_row("e2e latency (created -> acked)", f"p50 {_ms(created['p50'])}  p99 {_ms(created['p99'])}")
+    table.add_row("in-worker latency (ingest -> acked)", f"p50 {_ms(ingest['p50'])}  p99 {_ms(ingest['p99'])}")
+    table.add_row("events produced", f"{summary['events_produced_total']:,.0f}")
+    dlq = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(summary["dlq_by_reason"].items()))
+    table.add_row("dead letters", f"{summary['dlq_records_total']:,.0f}  ({dlq or 'none'})")
+    table.add_row(
+        "model",
+        " ".join(str(model.get(key, "?")) for key in ("name", "version", "variant", "provider")),
+    )
+    brands = Table(title=f"sentiment by brand (last {summary['sentiment_window_s']} s)")
+    for column in ("brand", "negative", "neutral", "positive"):
+        brands.add_column(column, justify="right" if column != "brand" else "left")
+    for brand, mix in sorted(summary["sentiment_by_brand"].items()):
+        brands.add_row(brand, *(str(mix.get(label, 0)) for label in ("negative", "neutral", "positive")))
+    return Group(table, brands)
+
+
+def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str, Any]:
+    settings = Settings()
+    kafka = LocalKafka(port=int(settings.kafka_bootstrap.rsplit(":", 1)[1]))
+    was_running = kafka.is_running()
+    console.print(f"[bold]1/4[/] Kafka at {kafka.start()}")
+    ensure_model(settings)
+    texts = load_tweet_texts()
+    # Ids unique per run, so a second demo is not dead-lettered as duplicates of the first.
+    records = labelled_stream(texts, len(texts), malformed_share=malformed_share, seed=int(time.time()))
+    posts_file = write_jsonl(records, REPO_ROOT / ".cache/data/demo-posts.jsonl")
+    console.print(
+        f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets "
+        f"({malformed_share:.0%} malformed) -> {posts_file}"
+    )
+    env = {**os.environ, "SOCIALPULSE_APP_ID": os.environ.get("SOCIALPULSE_APP_ID", "socialpulse-demo")}
+    log_path = REPO_ROOT / ".cache/demo-worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream", "run"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    console.print(
+        f"[bold]3/4[/] worker started (log: {log_path}); live page http://{settings.web_host}:{settings.web_port}/"
+    )
+    try:
+        while fetch_summary(settings.web_port) is None or "pipeline ready" not in log_path.read_text(errors="replace"):
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited early; see {log_path}")
+            time.sleep(0.5)
+        baseline = fetch_summary(settings.web_port) or {}
+        progress = {"sent": 0}
+        console.print(f"[bold]4/4[/] replaying at {rate:,.0f} posts/s")
+        summary: dict[str, Any] | None = None
+        with Live(render(None, 0, len(records)), console=console, refresh_per_second=2) as live:
+            replay_task = _start_replay(posts_file, settings, rate, progress)
+            while True:
+                summary = fetch_summary(settings.web_port)
+                live.update(render(summary, progress["sent"], len(records)))
+                if replay_task.done() and summary and _accounted(summary, baseline, len(records)):
+                    break
+                time.sleep(0.5)
+            replay_task.result()
+        return summary or {}
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+        if not keep_kafka and not was_running:
+            kafka.stop()
+
+
+def _accounted(summary: dict[str, Any], baseline: dict[str, Any], total: int) -> bool:
+    """Every replayed record is out: a dead letter, or a valid post with its two events (sentiment, behaviour)."""
+
+    def since_start(key: str) -> float:
+        return float(summary[key]) - float(baseline.get(key, 0.0))
+
+    return since_start("dlq_records_total") + since_start("events_produced_total") / 2 >= total
+
+
+def _start_replay(posts_file: Path, settings: Settings, rate: float, progress: dict[str, int]) -> Any:
+    """Replay in a thread with its own event loop, so the summary keeps refreshing in this one."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(
+        lambda: asyncio.run(
+            replay(
+                posts_file,
+                settings.input_topic,
+                settings.kafka_bootstrap,
+                rate,
+                show_progress=False,
+                client_options=settings.kafka_client_options,
+                on_sent=lambda count: progress.__setitem__("sent", count),
+            )
+        )
+    )
+    pool.shutdown(wait=False)
+    return future
