@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -83,7 +84,7 @@ class Emitter:
         timestamps = Timestamps(
             created_at=valid.created_at_ms, ingested_at=enriched.ingested_at_ms, emitted_at=now_ms()
         )
-        common = {
+        common: dict[str, Any] = {
             "post_id": post.id,
             "brands": valid.brands,
             "language": valid.language,
@@ -97,13 +98,13 @@ class Emitter:
             event_id=event_id(post.id, self._model.version, "sentiment"),
             label=enriched.sentiment,
             scores=enriched.sentiment_scores,
-            **common,  # type: ignore[arg-type]
+            **common,
         )
         behaviour = BehaviourEvent(
             event_id=event_id(post.id, self._model.version, "behaviour"),
             labels=enriched.behaviours,
             scores=enriched.behaviour_scores,
-            **common,  # type: ignore[arg-type]
+            **common,
         )
         records = [
             (self._topics.sentiment, key, self._encoder.encode(sentiment)),

@@ -57,34 +57,30 @@ class ModelRef(msgspec.Struct, frozen=True):
     variant: str
 
 
-class SentimentEvent(msgspec.Struct, frozen=True):
+class PostEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """What every per-post event carries; `event_id` is the same each time the post is processed."""
+
     event_id: str
     post_id: str
     brands: list[str]
-    label: str
-    scores: dict[str, float]
     language: str
     model: ModelRef
     timestamps: Timestamps
     platform: str
     author_id: str
     truncated: bool = False
+
+
+class SentimentEvent(PostEvent, frozen=True, kw_only=True):
+    label: str
+    scores: dict[str, float]
     type: str = "sentiment"
 
 
-class BehaviourEvent(msgspec.Struct, frozen=True):
-    event_id: str
-    post_id: str
-    brands: list[str]
+class BehaviourEvent(PostEvent, frozen=True, kw_only=True):
     # Labels whose score crossed the model's per-label threshold.
     labels: list[str]
     scores: dict[str, float]
-    language: str
-    model: ModelRef
-    timestamps: Timestamps
-    platform: str
-    author_id: str
-    truncated: bool = False
     type: str = "behaviour"
 
 
