@@ -1,0 +1,153 @@
+"""CLI for the model tools: `socialpulse models build|export|eval` and `socialpulse classify`.
+
+Only `build` and `export` need the train extra (torch, transformers); they import it lazily.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+
+from models.paths import default_model_dir
+
+app = typer.Typer(help="Train, export and evaluate the ONNX classifiers.", no_args_is_help=True)
+
+ModelDir = Annotated[
+    Path | None, typer.Option("--model-dir", help="Model directory with manifest.json (default: .cache/models/default).")
+]
+
+
+@app.command()
+def build(
+    force: Annotated[bool, typer.Option(help="Rebuild even if a verified build for this key exists.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (changes the build key).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (changes the build key).")] = None,
+) -> None:
+    """Train, export (fp32/fp16/int8), parity-check and evaluate the default model; cached by content key."""
+    import msgspec.structs
+
+    from models.build import BuildConfig
+    from models.build import build as run_build
+
+    config = BuildConfig()
+    overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    if overrides:
+        config = msgspec.structs.replace(config, **overrides)
+    path = run_build(config, force=force)
+    typer.echo(str(path))
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Option("--source", help="Hub id or local folder of a sequence classifier.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced).")],
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="fp32, fp16, int8 (repeatable).")] = None,
+    max_seq_len: Annotated[int | None, typer.Option(help="Truncation length (default: the model's limit, <= 512).")] = None,
+) -> None:
+    """Export any Hugging Face AutoModelForSequenceClassification checkpoint to ONNX with a manifest."""
+    from rich.console import Console
+
+    from models.export import export_hf_classifier
+
+    console = Console(stderr=True)
+    chosen = variant or ["fp32", "fp16", "int8"]
+    unknown = set(chosen) - {"fp32", "fp16", "int8"}
+    if unknown:
+        raise typer.BadParameter(f"unknown variants {sorted(unknown)}")
+    if "fp32" not in chosen:
+        chosen = ["fp32", *chosen]  # every other variant is derived from, and checked against, fp32
+    with console.status("export") as status:
+        manifest = export_hf_classifier(source, out, chosen, max_seq_len, on_stage=lambda s: status.update(s))
+    for name, entry in manifest.variants.items():
+        parity = entry.parity
+        detail = (
+            f"max|diff| {parity.max_abs_diff:g}, agreement {parity.top_label_agreement:.2%} on {parity.samples}"
+            if parity
+            else "parity not run (no GPU here)"
+        )
+        console.print(f"{name}: {out / entry.file} ({detail})")
+    typer.echo(str(out / "manifest.json"))
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: ModelDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Held-out metrics: sentiment vs VADER on the tweet test split, behaviour P/R, int8-vs-fp32 agreement."""
+    from models.evaluate import evaluate as run_eval
+
+    report = run_eval(model_dir or default_model_dir())
+    if as_json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+        return
+    sentiment, vader = report["sentiment"], report["vader"]
+    typer.echo(
+        f"sentiment (fp32, {sentiment['test_size']} held-out tweets): accuracy {sentiment['accuracy']:.3f}, "
+        f"macro-F1 {sentiment['macro_f1']:.3f}; VADER {vader['accuracy']:.3f} / {vader['macro_f1']:.3f}"
+    )
+    if "int8_vs_fp32" in report:
+        typer.echo(f"int8 vs fp32 top-label agreement: {report['int8_vs_fp32']['top_label_agreement']:.2%}")
+    for label, row in report["behaviour"].items():
+        typer.echo(f"behaviour {label:16s} P {row['precision']:.2f}  R {row['recall']:.2f}  (n={row['support']})")
+
+
+class _Post(msgspec.Struct):
+    text: str
+    id: Any = None
+
+
+def _chunks(lines: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    iterator = iter(lines)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def classify(
+    model_dir: ModelDir = None,
+    variant: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: best for this machine).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Posts per inference batch.")] = 32,
+    embedding: Annotated[bool, typer.Option(help="Include the sentence embedding in each result.")] = False,
+) -> None:
+    """Classify JSON-lines posts ({"id":..., "text":...}) from stdin; one JSON result per line on stdout."""
+    from models.language import detect_language
+    from models.runtime import OnnxClassifier
+
+    classifier = OnnxClassifier.from_dir(model_dir or default_model_dir(), variant)
+    decoder = msgspec.json.Decoder(_Post)
+    encoder = msgspec.json.Encoder()
+    activations = {head.name: head.activation for head in classifier.manifest.heads}
+    out = sys.stdout.buffer
+    for chunk in _chunks((line for line in sys.stdin.buffer if line.strip()), batch_size):
+        posts: list[_Post | str] = []
+        for line in chunk:
+            try:
+                posts.append(decoder.decode(line))
+            except msgspec.DecodeError as error:
+                posts.append(f"invalid post: {error}")
+        valid = [p for p in posts if isinstance(p, _Post)]
+        predictions = iter(classifier.classify([p.text for p in valid], batch_size))
+        for post in posts:
+            if isinstance(post, str):
+                out.write(encoder.encode({"id": None, "error": post}) + b"\n")
+                continue
+            prediction = next(predictions)
+            code, confidence = detect_language(post.text)
+            result: dict[str, Any] = {"id": post.id}
+            for name, head in prediction.heads.items():
+                if activations[name] == "softmax":
+                    result[name] = {"label": head.labels[0], "scores": head.scores}
+                else:
+                    result[name] = {"labels": head.labels, "scores": head.scores}
+            result["language"] = {"code": code, "confidence": round(confidence, 4)}
+            if embedding and prediction.embedding is not None:
+                result["embedding"] = prediction.embedding
+            result["model_version"] = classifier.version
+            out.write(encoder.encode(result) + b"\n")
+        out.flush()

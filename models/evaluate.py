@@ -1,0 +1,117 @@
+"""Held-out evaluation of a built model: sentiment on the fixed tweet test split (vs VADER), behaviour on the
+hand-made test posts, and int8-vs-fp32 agreement. Runs the shipped ONNX files through the runtime, not PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.behaviour import BEHAVIOUR_LABELS, load_behaviour
+from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, load_rated, split_tweets
+from models.heads import precision_recall
+from models.runtime import OnnxClassifier
+
+# VADER's documented decision rule on the compound score.
+VADER_THRESHOLD = 0.05
+
+
+def classification_report(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    y = np.asarray(truth)
+    p = np.asarray(predicted)
+    per_label: dict[str, dict[str, float]] = {}
+    f1s = []
+    for index, label in enumerate(labels):
+        tp = float(np.sum((p == index) & (y == index)))
+        precision = tp / max(1.0, float(np.sum(p == index)))
+        recall = tp / max(1.0, float(np.sum(y == index)))
+        f1 = 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+        f1s.append(f1)
+        per_label[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": int(np.sum(y == index)),
+        }
+    return {
+        "accuracy": round(float(np.mean(y == p)), 4),
+        "macro_f1": round(float(np.mean(f1s)), 4),
+        "per_label": per_label,
+        "test_size": len(y),
+    }
+
+
+def vader_predictions(texts: Sequence[str]) -> list[int]:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    labels = []
+    for text in texts:
+        compound = analyzer.polarity_scores(text)["compound"]
+        labels.append(2 if compound >= VADER_THRESHOLD else 0 if compound <= -VADER_THRESHOLD else 1)
+    return labels
+
+
+def held_out_tweets() -> list[RatedText]:
+    return split_tweets(load_rated("tweets"))[1]
+
+
+def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
+    tweets = held_out_tweets()
+    texts = [t.text for t in tweets]
+    truth = [t.label for t in tweets]
+    posts = load_behaviour("test")
+    post_texts = [p.text for p in posts]
+    targets = np.asarray([p.targets() for p in posts])
+
+    results: dict[str, Any] = {}
+    outputs: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
+    classifier = OnnxClassifier.from_dir(model_dir, "fp32", backend="cpu", threads=threads)
+    manifest = classifier.manifest
+    variants = [v for v in ("fp32", "int8") if v in manifest.variants]
+    for variant in variants:
+        if variant != "fp32":
+            classifier = OnnxClassifier.from_dir(model_dir, variant, backend="cpu", threads=threads)
+        outputs[variant] = classifier.raw(texts)
+        behaviour_scores = 1.0 / (1.0 + np.exp(-classifier.raw(post_texts)["behaviour_logits"]))
+        outputs[variant]["behaviour_scores"] = behaviour_scores.astype(np.float32)
+        predicted = outputs[variant]["sentiment_logits"].argmax(-1).tolist()
+        results["sentiment" if variant == "fp32" else f"sentiment_{variant}"] = {
+            **classification_report(truth, predicted, SENTIMENT_LABELS),
+            "variant": variant,
+        }
+
+    head = manifest.head("behaviour")
+    thresholds = head.thresholds if head else {}
+    results["behaviour"] = precision_recall(
+        outputs["fp32"]["behaviour_scores"].astype(np.float64), targets, BEHAVIOUR_LABELS, thresholds
+    )
+    results["behaviour_summary"] = {
+        "macro_f1": round(float(np.mean([v["f1"] for v in results["behaviour"].values()])), 4),
+        "test_size": len(posts),
+        "variant": "fp32",
+        "note": "small hand-written test set; see models/data/behaviour/README.md",
+    }
+    vader = vader_predictions(texts)
+    results["vader"] = classification_report(truth, vader, SENTIMENT_LABELS)
+    results["sentiment"]["macro_f1_over_vader"] = round(results["sentiment"]["macro_f1"] - results["vader"]["macro_f1"], 4)
+    if "int8" in outputs:
+        fp32_top = outputs["fp32"]["sentiment_logits"].argmax(-1)
+        int8_top = outputs["int8"]["sentiment_logits"].argmax(-1)
+        flags = [outputs[v]["behaviour_scores"] >= np.asarray([thresholds.get(x, 0.5) for x in BEHAVIOUR_LABELS]) for v in ("fp32", "int8")]
+        results["int8_vs_fp32"] = {
+            "top_label_agreement": round(float(np.mean(fp32_top == int8_top)), 4),
+            "behaviour_flag_agreement": round(float(np.mean(flags[0] == flags[1])), 4),
+            "max_abs_logit_diff": round(
+                float(np.max(np.abs(outputs["fp32"]["sentiment_logits"] - outputs["int8"]["sentiment_logits"]))), 4
+            ),
+            "samples": len(texts),
+        }
+    results["test_sizes"] = {"tweets": len(tweets), "behaviour": len(posts)}
+    results["split"] = {"seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "stratified_by": "label"}
+    results["model"] = {"name": manifest.name, "version": manifest.version, "variants": variants}
+    return results
