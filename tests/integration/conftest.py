@@ -1,8 +1,9 @@
 """Integration fixtures: one real Kafka broker per test session, plus topic and client factories.
 
-The broker is separate from the demo one (own state dir under .cache/kafka-test, own ports), starts from an
-empty data dir each session and is stopped at the end. Override the port with SOCIALPULSE_TEST_KAFKA_PORT
-(the KRaft controller takes the next one).
+The broker is separate from the demo one (own state dir under .cache/kafka-test-<port>, own ports), starts
+from an empty data dir each session and is stopped at the end. Override the port with
+SOCIALPULSE_TEST_KAFKA_PORT (the KRaft controller takes the next one); the state dir follows the port, so
+sessions on different ports never reset each other's broker.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from stream.kafka_local import REPO_ROOT, LocalKafka
 
 TEST_KAFKA_PORT = int(os.environ.get("SOCIALPULSE_TEST_KAFKA_PORT", "19192"))
-TEST_KAFKA_HOME = REPO_ROOT / ".cache/kafka-test"
+TEST_KAFKA_HOME = REPO_ROOT / f".cache/kafka-test-{TEST_KAFKA_PORT}"
 _HERE = Path(__file__).resolve().parent
 
 TopicFactory = Callable[..., Awaitable[str]]
