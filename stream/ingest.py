@@ -1,24 +1,108 @@
-"""Ingest stage: the Faust agent on the input topic, with manual acks.
+"""Ingest stage: the Faust agent on the input topic, and the rule that decides which offsets are committed.
 
-Faust's automatic acking (and `take`'s ack-the-buffer-on-cancel) would mark a record done before its
-outputs exist, losing it on a rebalance or crash. The stream is `noack()`; the pipeline calls the ack
-only after every output produced from the record is acknowledged by Kafka.
+Faust's own commit rule is unsafe for a batching consumer. `take()` acks its buffer when the agent is
+cancelled, and `Consumer._new_offset` lets a commit jump a hole: with no committed offset yet it commits
+the first run of acked offsets wherever it starts, and with one it tolerates a gap of exactly one
+message. Batches sorted by length complete out of offset order, so either would commit a post whose
+outputs were never produced, and a crash would lose it. Faust also acks, by itself, records it skips
+after a rebalance.
+
+So the stream is `noack()`, and commits come from an `OffsetSequencer`: per partition, the records in
+delivery order; a record is done when every output produced from it is acknowledged by Kafka, and the
+committable offset is one past the longest done prefix. Faust's consumer is subclassed to ask the
+sequencer instead of its own ack lists.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from stream.pipeline import Pipeline
 from stream.settings import Settings
 from stream.validate import SourceRef
 
 
+@dataclass(slots=True)
+class _Pending:
+    offset: int
+    done: bool = False
+
+
+@dataclass(slots=True)
+class OffsetSequencer:
+    """Which input offsets may be committed: one past the longest prefix of done records, per partition."""
+
+    _pending: dict[TP, deque[_Pending]] = field(default_factory=dict)
+    _committable: dict[TP, int] = field(default_factory=dict)
+
+    def track(self, tp: TP, offset: int) -> Callable[[], None]:
+        """Register a delivered record; returns the callback that marks it done."""
+        queue = self._pending.setdefault(tp, deque())
+        if queue and offset <= queue[-1].offset:
+            # A rewind (seek to the committed offset after a rebalance): everything pending from the old
+            # position will be delivered again, so it must not count towards commits any more.
+            queue.clear()
+        entry = _Pending(offset)
+        queue.append(entry)
+
+        def done() -> None:
+            entry.done = True
+            self._advance(tp)
+
+        return done
+
+    def _advance(self, tp: TP) -> None:
+        queue = self._pending.get(tp)
+        while queue and queue[0].done:
+            self._committable[tp] = queue.popleft().offset + 1
+
+    def committable(self, tp: TP) -> int | None:
+        return self._committable.get(tp)
+
+    def forget(self, tps: set[TP]) -> None:
+        """Partitions revoked or reassigned: records still in flight for them no longer move commits."""
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._committable.pop(tp, None)
+
+
+def sequenced_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokafka.Transport:
+    """Faust's aiokafka transport with commits decided by `sequencer`."""
+
+    class SequencedConsumer(faust_aiokafka.Consumer):
+        def _new_offset(self, tp: TP) -> int | None:
+            # Faust's ack lists are still fed (sensors, unacked tracking) but no longer decide; drop them
+            # so they do not grow.
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            return sequencer.committable(tp)
+
+        async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+            sequencer.forget(revoked)
+            await super().on_partitions_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+            # Faust seeks every assigned partition back to its committed offset.
+            sequencer.forget(assigned)
+            await super().on_partitions_assigned(assigned, generation_id)
+
+    class SequencedTransport(faust_aiokafka.Transport):
+        Consumer = SequencedConsumer
+
+    return SequencedTransport(app.conf.broker_consumer, app)
+
+
 def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable[[], Awaitable[Pipeline]]) -> Any:
+    sequencer = OffsetSequencer()
+    # Must be set before anything builds the default transport (declaring a topic does).
+    app.transport = sequenced_transport(app, sequencer)
     topic = app.topic(
         settings.input_topic,
         key_serializer="raw",
@@ -32,7 +116,13 @@ def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable
         manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
             message = event.message
+            done = sequencer.track(message.tp, message.offset)
+
+            async def ack(event: Any = event, done: Callable[[], None] = done) -> None:
+                done()
+                await manual.ack(event)
+
             source = SourceRef(message.topic, message.partition, message.offset)
-            await pipeline.submit(message.value, source, ack=partial(manual.ack, event))
+            await pipeline.submit(message.value, source, ack=ack)
 
     return app.agent(topic, name="socialpulse.ingest")(ingest)
