@@ -7,6 +7,7 @@ as is, so a second run only re-verifies checksums and re-points `.cache/models/d
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import os
@@ -64,7 +65,8 @@ def build_key(config: BuildConfig) -> str:
     digest.update(f"{MODEL_NAME}:{MODEL_VERSION}:{MAX_SEQ_LEN}:{VARIANTS}:{SPLIT_SEED}:{TEST_FRACTION}".encode())
     here = Path(__file__).resolve().parent
     for name in BUILD_SOURCES:
-        digest.update((here / name).read_bytes())
+        # The syntax tree, not the bytes: reformatting or re-commenting the code does not force a retrain.
+        digest.update(ast.dump(ast.parse((here / name).read_text(encoding="utf-8"))).encode())
     for library in BUILD_LIBRARIES:
         digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
     return digest.hexdigest()[:16]
@@ -199,14 +201,14 @@ def _train_and_export(
             model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
 
     with _stage(console, timings, "export fp32/fp16/int8 + parity"):
-        model.encoder.set_attn_implementation("eager")
+        model.use_eager_attention()
         model.eval()
         spec = GraphSpec(
             outputs=["sentiment_logits", "behaviour_logits", "embedding"],
             widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
             primary="sentiment_logits",
-            num_heads=int(model.encoder.config.num_attention_heads),
-            hidden_size=int(model.encoder.config.hidden_size),
+            num_heads=model.num_heads,
+            hidden_size=model.hidden_size,
         )
         variants, export_notes = build_variants(model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, 0, VARIANTS)
 
@@ -244,8 +246,11 @@ def _train_and_export(
             "tweets_test": len(tweets_test),
             "snippets_pool": len(snippets),
             "behaviour_train": len(posts),
-            "behaviour_head": {"kind": "logistic regression on the embedding output", "cv_f1": head.cv_f1,
-                               "C": head.regularisation},
+            "behaviour_head": {
+                "kind": "logistic regression on the embedding output",
+                "cv_f1": head.cv_f1,
+                "C": head.regularisation,
+            },
         },
         "export": export_notes,
     }

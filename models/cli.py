@@ -19,7 +19,8 @@ from models.paths import default_model_dir
 app = typer.Typer(help="Train, export and evaluate the ONNX classifiers.", no_args_is_help=True)
 
 ModelDir = Annotated[
-    Path | None, typer.Option("--model-dir", help="Model directory with manifest.json (default: .cache/models/default).")
+    Path | None,
+    typer.Option("--model-dir", help="Model directory with manifest.json (default: .cache/models/default)."),
 ]
 
 
@@ -48,7 +49,9 @@ def export(
     source: Annotated[str, typer.Option("--source", help="Hub id or local folder of a sequence classifier.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (replaced).")],
     variant: Annotated[list[str] | None, typer.Option("--variant", help="fp32, fp16, int8 (repeatable).")] = None,
-    max_seq_len: Annotated[int | None, typer.Option(help="Truncation length (default: the model's limit, <= 512).")] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option(help="Truncation length (default: the model's limit, <= 512).")
+    ] = None,
 ) -> None:
     """Export any Hugging Face AutoModelForSequenceClassification checkpoint to ONNX with a manifest."""
     from rich.console import Console

@@ -98,11 +98,16 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
     }
     vader = vader_predictions(texts)
     results["vader"] = classification_report(truth, vader, SENTIMENT_LABELS)
-    results["sentiment"]["macro_f1_over_vader"] = round(results["sentiment"]["macro_f1"] - results["vader"]["macro_f1"], 4)
+    results["sentiment"]["macro_f1_over_vader"] = round(
+        results["sentiment"]["macro_f1"] - results["vader"]["macro_f1"], 4
+    )
     if "int8" in outputs:
         fp32_top = outputs["fp32"]["sentiment_logits"].argmax(-1)
         int8_top = outputs["int8"]["sentiment_logits"].argmax(-1)
-        flags = [outputs[v]["behaviour_scores"] >= np.asarray([thresholds.get(x, 0.5) for x in BEHAVIOUR_LABELS]) for v in ("fp32", "int8")]
+        flags = [
+            outputs[v]["behaviour_scores"] >= np.asarray([thresholds.get(x, 0.5) for x in BEHAVIOUR_LABELS])
+            for v in ("fp32", "int8")
+        ]
         results["int8_vs_fp32"] = {
             "top_label_agreement": round(float(np.mean(fp32_top == int8_top)), 4),
             "behaviour_flag_agreement": round(float(np.mean(flags[0] == flags[1])), 4),

@@ -90,15 +90,16 @@ class GraphSpec(msgspec.Struct, frozen=True):
 Reference = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
 
-def export_graph(module: nn.Module, spec: GraphSpec, pad_id: int, path: Path) -> None:
+def export_graph(module: nn.Module, spec: GraphSpec, tokenizer: PostTokenizer, path: Path) -> None:
     """TorchScript-based export at opset 17 with dynamic batch and sequence axes.
 
     The torch.export-based exporter emits opset 18 graphs that onnxruntime's transformer optimizer cannot
     fuse; the TorchScript exporter with eager attention gives the pattern the fused-attention pass knows.
     """
     module.eval()
-    input_ids = torch.tensor([[101, 2023, 2003, 102], [101, 7592, 102, pad_id]], dtype=torch.long)
-    attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
+    # Two lengths, so the traced graph includes the padding path of the attention mask.
+    ids, mask = encode(tokenizer, ["a short post", "a somewhat longer post, so that the batch needs padding"])
+    input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask)
     dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
     dynamic_axes.update({name: {0: "batch"} for name in spec.outputs})
     with warnings.catch_warnings():
@@ -251,7 +252,7 @@ def build_variants(
     notes: dict[str, object] = {"opset": OPSET}
     fp32 = out_dir / "model.fp32.onnx"
     on_stage("export fp32")
-    export_graph(module, spec, pad_id, fp32)
+    export_graph(module, spec, PostTokenizer(tokenizer_path, max_seq_len, pad_id), fp32)
     on_stage("parity fp32")
     entries["fp32"] = Variant(fp32.name, sha256_of(fp32), "cpu", parity_of(fp32, "fp32"))
     if "fp16" in variants:

@@ -74,9 +74,9 @@ def fit_linear_head(
     return LinearHead(weight, bias, thresholds, regularisation, cv_f1)
 
 
-def precision_recall(scores: Array, targets: Array, labels: Sequence[str], thresholds: dict[str, float]) -> dict[
-    str, dict[str, float]
-]:
+def precision_recall(
+    scores: Array, targets: Array, labels: Sequence[str], thresholds: dict[str, float]
+) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     for column, label in enumerate(labels):
         y = targets[:, column] == 1

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from models.behaviour import BEHAVIOUR_LABELS
 from models.data import SENTIMENT_LABELS, RatedText
@@ -67,9 +68,11 @@ class MultiTaskModel(nn.Module):
     forward() is the exported graph: (sentiment_logits, behaviour_logits, embedding).
     """
 
-    def __init__(self, encoder: nn.Module, hidden_size: int) -> None:
+    def __init__(self, encoder: PreTrainedModel) -> None:
         super().__init__()
         self.encoder = encoder
+        self.num_heads = int(encoder.config.num_attention_heads)
+        self.hidden_size = hidden_size = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(0.1)
         self.sentiment = nn.Linear(hidden_size, len(SENTIMENT_LABELS))
         self.behaviour = nn.Linear(hidden_size, len(BEHAVIOUR_LABELS))
@@ -80,8 +83,11 @@ class MultiTaskModel(nn.Module):
     def from_pretrained(cls, path: Path) -> MultiTaskModel:
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(str(path))
-        return cls(encoder, int(encoder.config.hidden_size))
+        return cls(AutoModel.from_pretrained(str(path)))
+
+    def use_eager_attention(self) -> None:
+        """Export with eager attention: onnxruntime's fused-attention pass recognises its pattern, not SDPA's."""
+        self.encoder.set_attn_implementation("eager")
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # token_type_ids stay internal (all zeros): the graph's inputs are input_ids and attention_mask.
@@ -97,7 +103,8 @@ class MultiTaskModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = self.pooled(input_ids, attention_mask)
         embedding = nn.functional.normalize(pooled, p=2.0, dim=-1)
-        return self.sentiment(pooled), self.behaviour(pooled), embedding
+        # The behaviour head is a logistic regression fitted on the normalised embedding (models.heads).
+        return self.sentiment(pooled), self.behaviour(embedding), embedding
 
 
 def encode(tokenizer: PostTokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +149,8 @@ def train_sentiment(
     steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
     total = steps_per_epoch * config.epochs
     head_params = [*model.sentiment.parameters(), *model.rating.parameters()]
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.encoder.named_parameters():
         (no_decay if "bias" in name or "LayerNorm" in name else decay).append(param)
     optimizer = torch.optim.AdamW(

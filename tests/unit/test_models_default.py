@@ -1,0 +1,132 @@
+"""The shipped default model: classify, eval thresholds, build cache. Marked `default_model`.
+
+The session fixture runs `models build`, which reuses `.cache/models/default` when a verified build for
+the current data + config + code exists (seconds) and trains one otherwise (about ten minutes on two
+cores). scripts/setup.sh builds it, so in the README test run these tests only re-verify.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from models.cli import app as models_app
+from models.paths import default_model_dir
+
+pytestmark = pytest.mark.default_model
+
+# Runs `classify` in a fresh interpreter exactly as the CLI does, then proves the runtime path never
+# imported torch or transformers.
+CLASSIFY = """
+import sys, typer
+from models.cli import classify
+app = typer.Typer()
+app.command()(classify)
+try:
+    app(standalone_mode=False)
+finally:
+    leaked = sorted({"torch", "transformers"} & set(sys.modules))
+    if leaked:
+        sys.exit(f"runtime path imported {leaked}")
+"""
+
+POSTS = [
+    {"id": 1, "text": "I absolutely love this phone, best purchase I've made all year! 😍"},
+    {"id": "two", "text": "Worst customer service ever. Rude staff, broken product, and no refund. Awful."},
+    {"id": 3, "text": "Does anyone know what time the Oxford Street store opens on Sunday?"},
+    {"id": 4, "text": "🔥 FREE iPhone giveaway!!! Click the link in bio and DM me to claim your prize 💰💰"},
+    {"id": 5, "text": "Price went up again and the app keeps crashing. Cancelling my subscription and switching."},
+    {"id": 6, "text": "Das Essen war heute wirklich ausgezeichnet, vielen Dank an das ganze Team!"},
+]
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    from models.build import build
+
+    build()
+    return default_model_dir()
+
+
+def _classify(model_dir: Path, lines: list[str], *args: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-c", CLASSIFY, "--model-dir", str(model_dir), *args],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_classify_labels_unambiguous_posts(default_model: Path) -> None:
+    results = _classify(default_model, [json.dumps(p) for p in POSTS])
+    assert [r["id"] for r in results] == [p["id"] for p in POSTS]
+    by_id = {r["id"]: r for r in results}
+    assert by_id[1]["sentiment"]["label"] == "positive"
+    assert by_id["two"]["sentiment"]["label"] == "negative"
+    assert "complaint" in by_id["two"]["behaviour"]["labels"]
+    assert "question" in by_id[3]["behaviour"]["labels"]
+    assert "spam" in by_id[4]["behaviour"]["labels"]
+    assert "churn_risk" in by_id[5]["behaviour"]["labels"]
+    assert by_id[6]["language"]["code"] == "de"
+    assert by_id[1]["language"]["code"] == "en"
+    for result in results:
+        assert set(result) == {"id", "sentiment", "behaviour", "language", "model_version"}
+        assert abs(sum(result["sentiment"]["scores"].values()) - 1.0) < 1e-3
+        assert set(result["behaviour"]["scores"]) == {
+            "complaint",
+            "purchase_intent",
+            "question",
+            "praise",
+            "churn_risk",
+            "spam",
+        }
+        assert result["model_version"].startswith("socialpulse-minilm-multitask-")
+
+
+def test_classify_reports_bad_lines_and_embeddings(default_model: Path) -> None:
+    lines = ["not json", json.dumps({"id": 9, "text": "fine, thanks"}), json.dumps({"id": 10})]
+    results = _classify(default_model, lines, "--embedding", "--variant", "fp32")
+    assert len(results) == 3
+    assert "error" in results[0] and "error" in results[2]
+    embedding = results[1]["embedding"]
+    assert len(embedding) == 384
+    assert abs(sum(v * v for v in embedding) - 1.0) < 1e-3
+    assert results[1]["model_version"].endswith("-fp32")
+
+
+def test_eval_json_shape_and_thresholds(default_model: Path) -> None:
+    result = CliRunner().invoke(models_app, ["eval", "--json", "--model-dir", str(default_model)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["test_sizes"] == {"tweets": 840, "behaviour": 133}
+    sentiment, vader = report["sentiment"], report["vader"]
+    assert sentiment["test_size"] == vader["test_size"] == 840
+    assert sentiment["macro_f1"] >= 0.80
+    assert sentiment["macro_f1"] >= vader["macro_f1"] + 0.08
+    assert 0.0 < sentiment["accuracy"] <= 1.0
+    assert report["int8_vs_fp32"]["top_label_agreement"] >= 0.99
+    for label in ("complaint", "purchase_intent", "question", "praise", "churn_risk", "spam"):
+        row = report["behaviour"][label]
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0 and row["support"] > 0
+
+
+def test_second_build_is_instant_and_verified(default_model: Path) -> None:
+    from models.build import build
+
+    target = default_model.resolve()
+    start = time.perf_counter()
+    assert build().resolve() == target
+    assert time.perf_counter() - start < 30
+    assert default_model.resolve() == target
