@@ -1,0 +1,1 @@
+"""Brand monitoring: query matching, windowed aggregates, alerts, author escalation, noise control, backtest."""

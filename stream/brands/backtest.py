@@ -1,0 +1,197 @@
+"""Backtest: the worker's validation, matching, classification and BrandMonitor over a JSONL file, in event time.
+
+No Kafka and no waiting: posts are validated like the worker validates them, sorted by created_at, matched
+against the brands file, classified (labels carried by the post, else the classifier), and fed to the same
+BrandMonitor the streaming agent runs, with the same watermark rule. Alerts, window stats and escalations
+come out exactly as the worker would emit them for that stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from stream.brands.model import Alert, AuthorEscalation, BrandStats, FlaggedMention, Output
+from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.query import BrandCatalog, post_brands
+from stream.schema import BrandMention
+from stream.validate import Rejection, SourceRef, ValidPost
+
+
+class Classification(msgspec.Struct, frozen=True):
+    sentiment: str
+    sentiment_scores: dict[str, float]
+    behaviours: list[str] = msgspec.field(default_factory=list)
+    behaviour_scores: dict[str, float] = msgspec.field(default_factory=dict)
+    embedding: list[float] | None = None
+
+
+Classifier = Callable[[Sequence[str]], list[Classification]]
+
+
+class Validate(Protocol):
+    def validate(self, raw: bytes | None, source: SourceRef) -> ValidPost | Rejection: ...
+
+
+class _Labels(msgspec.Struct, frozen=True):
+    """Labels a post in the file may carry (e.g. from human ratings); used instead of the classifier."""
+
+    sentiment: str | None = None
+    sentiment_scores: dict[str, float] | None = None
+    behaviours: list[str] = msgspec.field(default_factory=list)
+    behaviour_scores: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class BacktestResult(msgspec.Struct):
+    posts: int
+    rejected: int
+    mentions: int
+    windows: int
+    alerts: list[Alert]
+    stats: list[BrandStats]
+    escalations: list[AuthorEscalation]
+    flagged: list[FlaggedMention]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "alerts": msgspec.to_builtins(self.alerts),
+            "windows": self.windows,
+            "posts": self.posts,
+            "rejected": self.rejected,
+            "mentions": self.mentions,
+            "flagged": len(self.flagged),
+            "escalations": msgspec.to_builtins(self.escalations),
+        }
+
+
+def build_mention(valid: ValidPost, brand: str, classification: Classification) -> BrandMention:
+    post = valid.post
+    return BrandMention(
+        post_id=post.id,
+        brand=brand,
+        text=post.text,
+        created_at=valid.created_at_ms,
+        author_id=post.author.id,
+        followers=post.author.followers,
+        platform=post.platform,
+        language=valid.language,
+        sentiment=classification.sentiment,
+        sentiment_scores=classification.sentiment_scores,
+        behaviours=classification.behaviours,
+        behaviour_scores=classification.behaviour_scores,
+        embedding=classification.embedding,
+    )
+
+
+def run_backtest(
+    records: Iterable[bytes],
+    catalog: BrandCatalog,
+    validator: Validate,
+    classify: Classifier | None = None,
+    config: MonitorConfig | None = None,
+    batch_size: int = 256,
+) -> BacktestResult:
+    """`records`: raw JSON posts, as they would arrive on the input topic (one per line of the file)."""
+    labels_decoder = msgspec.json.Decoder(_Labels)
+    valid: list[tuple[ValidPost, _Labels]] = []
+    rejected = 0
+    for offset, raw in enumerate(records):
+        result = validator.validate(raw, SourceRef("backtest", 0, offset))
+        if isinstance(result, Rejection):
+            rejected += 1
+            continue
+        try:
+            labels = labels_decoder.decode(raw)
+        except msgspec.ValidationError:
+            labels = _Labels()
+        valid.append((result, labels))
+    # Event time: the file's order does not matter, like partitions interleaving in the worker.
+    valid.sort(key=lambda item: item[0].created_at_ms)
+
+    monitor = BrandMonitor(config)
+    outputs: list[Output] = []
+    mentions = 0
+    due: int | None = None
+    for start in range(0, len(valid), batch_size):
+        chunk = valid[start : start + batch_size]
+        matched = [(v, labels, post_brands(v, catalog)) for v, labels in chunk]
+        unlabelled = [v.post.text for v, labels, brands in matched if brands and labels.sentiment is None]
+        if unlabelled and classify is None:
+            raise ValueError("posts without sentiment labels need a classifier (build the model first)")
+        classified = iter(classify(unlabelled) if unlabelled and classify is not None else [])
+        for v, labels, brands in matched:
+            if not brands:
+                continue
+            classification = _labelled(labels) if labels.sentiment is not None else next(classified)
+            now = v.created_at_ms
+            if due is not None and now >= due:
+                outputs.extend(monitor.advance(now))
+                due = _next_due(monitor)
+            for brand in brands:
+                outputs.extend(monitor.observe(build_mention(v, brand, classification)))
+                mentions += 1
+            if due is None:
+                due = _next_due(monitor)
+    if valid:
+        # End of file: every window closes, as if the stream had gone on quietly.
+        horizon = monitor.config.window_s + monitor.config.hop_size_s + monitor.config.allowed_lateness_s
+        outputs.extend(monitor.advance(valid[-1][0].created_at_ms + horizon * 1000))
+    stats = [o for o in outputs if isinstance(o, BrandStats)]
+    return BacktestResult(
+        posts=len(valid),
+        rejected=rejected,
+        mentions=mentions,
+        windows=sum(1 for s in stats if s.window.kind == "tumbling"),
+        alerts=[o for o in outputs if isinstance(o, Alert)],
+        stats=stats,
+        escalations=[o for o in outputs if isinstance(o, AuthorEscalation)],
+        flagged=[o for o in outputs if isinstance(o, FlaggedMention)],
+    )
+
+
+def _labelled(labels: _Labels) -> Classification:
+    assert labels.sentiment is not None
+    return Classification(
+        sentiment=labels.sentiment,
+        sentiment_scores=labels.sentiment_scores or {labels.sentiment: 1.0},
+        behaviours=labels.behaviours,
+        behaviour_scores=labels.behaviour_scores,
+    )
+
+
+def _next_due(monitor: BrandMonitor) -> int | None:
+    dues = [d for d in (monitor.next_close_ms(brand) for brand in monitor.brands) if d is not None]
+    return min(dues) if dues else None
+
+
+def onnx_classifier(model_dir: Path) -> Classifier:
+    """The real model (models.runtime.OnnxClassifier) as a Classifier."""
+    from models.runtime import OnnxClassifier
+    from stream.pipeline import BEHAVIOUR_HEAD, SENTIMENT_HEAD
+
+    model = OnnxClassifier.from_dir(model_dir)
+
+    def classify(texts: Sequence[str]) -> list[Classification]:
+        results = []
+        for prediction in model.classify(list(texts)):
+            sentiment = prediction.heads[SENTIMENT_HEAD]
+            behaviour = prediction.heads.get(BEHAVIOUR_HEAD)
+            results.append(
+                Classification(
+                    sentiment=sentiment.labels[0],
+                    sentiment_scores=sentiment.scores,
+                    behaviours=behaviour.labels if behaviour else [],
+                    behaviour_scores=behaviour.scores if behaviour else {},
+                    embedding=prediction.embedding,
+                )
+            )
+        return results
+
+    return classify
+
+
+def read_records(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
