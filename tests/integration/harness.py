@@ -160,8 +160,13 @@ class Outputs:
         else:
             self.behaviour.append(msgspec.json.decode(record.value or b"{}"))
 
-    def reached(self, events: int, dead: int) -> bool:
-        return len(self.sentiment) >= events and len(self.behaviour) >= events and len(self.dead_letters) >= dead
+    def reached(self, posts: int, dead: int) -> bool:
+        """Distinct posts, not events: a redelivered post's repeat must not stand in for a missing one."""
+        return (
+            len(self.sentiment_posts()) >= posts
+            and len(self.behaviour_posts()) >= posts
+            and len(self.dead_letters) >= dead
+        )
 
     def sentiment_posts(self) -> Counter[str]:
         return Counter(str(event["post_id"]) for event in self.sentiment)
@@ -170,7 +175,7 @@ class Outputs:
         return Counter(str(event["post_id"]) for event in self.behaviour)
 
 
-async def read_outputs(bootstrap: str, topics: Topics, expect_events: int, expect_dead: int, timeout: float) -> Outputs:
+async def read_outputs(bootstrap: str, topics: Topics, expect_posts: int, expect_dead: int, timeout: float) -> Outputs:
     """Read every output topic from the start until the expected counts arrive and then a quiet second
     passes (anything beyond the expected count is a duplicate the test wants to see), or time runs out."""
     consumer = AIOKafkaConsumer(
@@ -187,7 +192,7 @@ async def read_outputs(bootstrap: str, topics: Topics, expect_events: int, expec
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            reached = outputs.reached(expect_events, expect_dead)
+            reached = outputs.reached(expect_posts, expect_dead)
             batches = await consumer.getmany(timeout_ms=1_000 if reached else 500, max_records=5_000)
             if reached and not batches:
                 break
