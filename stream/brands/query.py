@@ -190,8 +190,8 @@ class _Lexer:
             return _Token(text, text, offset)
         if text.startswith("NEAR"):
             match = re.fullmatch(r"NEAR/(\d+)", text)
-            if not match or int(match.group(1)) < 1:
-                raise self.error("NEAR needs a distance of at least 1 word, as in NEAR/3", offset)
+            if not match:
+                raise self.error("NEAR needs a distance in words, as in NEAR/3", offset)
             return _Token("NEAR", text, offset, int(match.group(1)))
         return _Token("WORD", text, offset)
 
@@ -378,9 +378,9 @@ def _compile(node: Node) -> Predicate:
 
     def near(post: PostIndex) -> bool:
         b_spans = right(post)
-        # Within n words: at most n - 1 words between the two occurrences, in either order.
+        # At most n other words between the two occurrences, in either order.
         return any(
-            (b0 - a1 - 1 if b0 > a1 else a0 - b1 - 1) < distance
+            (b0 - a1 - 1 if b0 > a1 else a0 - b1 - 1) <= distance
             for a0, a1 in left(post)
             for b0, b1 in b_spans
             if b0 > a1 or a0 > b1
@@ -539,7 +539,11 @@ def _load_yaml(text: str, source: str) -> list[BrandQuery]:
         except QuerySyntaxError as error:
             line, column = _file_position(query_node, lines, error.line, error.column)
             shown = lines[line - 1] if 0 < line <= len(lines) else error.text
-            raise QuerySyntaxError(error.message, line, column, source=source, brand=brand, text=shown) from None
+            message = error.message
+            end = query_node.end_mark
+            if query_node.style is None and "#" in lines[end.line][end.column :]:
+                message += " (in YAML ' #' starts a comment: quote a query that contains #hashtags)"
+            raise QuerySyntaxError(message, line, column, source=source, brand=brand, text=shown) from None
     return queries
 
 

@@ -1,0 +1,223 @@
+"""The streaming side of brand monitoring: a Faust agent running BrandMonitor with its state in tables.
+
+- Input: settings.mentions_topic (one BrandMention per (post, brand), keyed by brand, msgspec JSON).
+- State: three changelogged tables with the source topic's partition count, written only while processing a
+  record of the partition that owns the key (Faust sends a table write to the changelog partition of the
+  current event), so a restarted or rebalanced worker restores exactly its partitions' state:
+  `brand-monitor-state` (brand -> BrandState), `brand-monitor-authors` ("brand\\x1fauthor" -> AuthorState) and
+  `brand-monitor-partitions` ("p<n>" -> brands keyed to partition n).
+- Output: BrandStats and FlaggedMention to settings.brand_stats_topic; Alert and AuthorEscalation to
+  settings.alerts_topic; alerts also to an Alertmanager webhook when one is configured.
+
+Watermark rule (per partition): event time is the largest created_at seen on the partition; a window closes
+when that passes its end + allowed lateness. So that windows also close when posts stop, a timer writes a
+tick record into each partition this worker owns every `tick_s`; a tick on an idle partition (no mention for
+`idle_s` of wall-clock time) advances the partition's event time by the wall time since its last mention.
+Ticks travel through the topic, so they are ordered with the mentions and table writes stay in the right
+partition. Processing is at-least-once: a mention redelivered after a crash is recognised by post id and not
+counted twice; an output may be sent twice, and carries a stable id (alert_id; brand + window for stats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any, Generic, TypeVar
+
+import faust
+import msgspec
+
+from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output
+from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.webhook import AlertmanagerWebhook, WebhookError
+from stream.schema import BrandMention
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TICK_KEY = b"\x00socialpulse.tick"
+T = TypeVar("T")
+
+
+class Tick(msgspec.Struct, frozen=True):
+    wall_ms: int
+
+
+class StructTable(MutableMapping[str, T], Generic[T]):
+    """A Faust table of msgspec-JSON bytes seen as a mapping of str -> struct."""
+
+    def __init__(self, table: Any, type_: type[T]) -> None:
+        self._table = table
+        self._decoder = msgspec.json.Decoder(type_)
+        self._encoder = msgspec.json.Encoder()
+
+    def __getitem__(self, key: str) -> T:
+        raw = self._table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return self._decoder.decode(raw)
+
+    def __setitem__(self, key: str, value: T) -> None:
+        self._table[key.encode()] = self._encoder.encode(value)
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode() for key in list(self._table.keys()))
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+class BrandAgents:
+    """What register_brand_agents wired: the monitor (over the tables) and the per-partition clocks."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        config: MonitorConfig,
+        webhook: AlertmanagerWebhook | None,
+        idle_s: float,
+    ) -> None:
+        partitions = settings.topic_partitions
+        self.app = app
+        self.idle_ms = int(idle_s * 1000)
+        self.mentions = app.topic(settings.mentions_topic, key_type=bytes, value_type=bytes, partitions=partitions)
+        self.stats_topic = app.topic(settings.brand_stats_topic, key_type=bytes, value_type=bytes)
+        self.alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes)
+        self.brand_table = app.Table("brand-monitor-state", key_type=bytes, value_type=bytes, partitions=partitions)
+        self.author_table = app.Table("brand-monitor-authors", key_type=bytes, value_type=bytes, partitions=partitions)
+        self.index_table = app.Table(
+            "brand-monitor-partitions", key_type=bytes, value_type=bytes, partitions=partitions
+        )
+        self.monitor = BrandMonitor(
+            config, StructTable(self.brand_table, BrandState), StructTable(self.author_table, AuthorState)
+        )
+        self.index: StructTable[list[str]] = StructTable(self.index_table, list[str])
+        self.webhook = webhook
+        self.webhook_queue: asyncio.Queue[Alert] | None = None
+        # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
+        self._clocks: dict[int, tuple[int, int]] = {}
+        self._due: dict[int, int | None] = {}
+        self._encoder = msgspec.json.Encoder()
+        self._mention_decoder = msgspec.json.Decoder(BrandMention)
+        self._tick_decoder = msgspec.json.Decoder(Tick)
+
+    def _brands(self, partition: int) -> list[str]:
+        return self.index.get(f"p{partition}") or []
+
+    def _advance(self, partition: int, now_ms: int) -> list[Output]:
+        due = self._due.get(partition)
+        if due is not None and now_ms < due:
+            return []
+        brands = self._brands(partition)
+        outputs = self.monitor.advance(now_ms, brands)
+        dues = [d for d in (self.monitor.next_close_ms(b) for b in brands) if d is not None]
+        self._due[partition] = min(dues) if dues else None
+        return outputs
+
+    def on_mention(self, partition: int, raw: bytes) -> list[Output]:
+        mention = self._mention_decoder.decode(raw)
+        clock = self._clocks.get(partition, (0, 0))
+        if mention.created_at > clock[0]:
+            self._clocks[partition] = (mention.created_at, _wall_ms())
+        outputs = self._advance(partition, max(clock[0], mention.created_at))
+        brands = self._brands(partition)
+        if mention.brand not in brands:
+            self.index[f"p{partition}"] = [*brands, mention.brand]
+        outputs.extend(self.monitor.observe(mention))
+        due = self.monitor.next_close_ms(mention.brand)
+        current = self._due.get(partition)
+        if due is not None and (current is None or due < current):
+            self._due[partition] = due
+        return outputs
+
+    def on_tick(self, partition: int, raw: bytes) -> list[Output]:
+        wall = self._tick_decoder.decode(raw).wall_ms
+        clock = self._clocks.get(partition)
+        if clock is None:
+            # Fresh start: resume from the restored state's event time, extrapolating from now on.
+            states = (self.monitor.brands.get(b) for b in self._brands(partition))
+            latest = max((s.max_event_ms for s in states if s is not None), default=0)
+            if not latest:
+                return []
+            clock = self._clocks[partition] = (latest, wall)
+        event_ms, seen_wall = clock
+        idle = wall - seen_wall
+        return self._advance(partition, event_ms + idle) if idle >= self.idle_ms else []
+
+    async def emit(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            key = output.brand.encode()
+            value = self._encoder.encode(output)
+            if isinstance(output, Alert | AuthorEscalation):
+                await self.alerts_topic.send(key=key, value=value)
+                if isinstance(output, Alert) and self.webhook_queue is not None:
+                    self.webhook_queue.put_nowait(output)
+            else:
+                await self.stats_topic.send(key=key, value=value)
+
+    async def send_ticks(self) -> None:
+        tick = self._encoder.encode(Tick(_wall_ms()))
+        for tp in sorted(self.app.assignor.assigned_actives()):
+            if tp.topic == self.mentions.get_topic_name():
+                await self.mentions.send(key=TICK_KEY, value=tick, partition=tp.partition)
+
+    async def deliver_webhooks(self) -> None:
+        assert self.webhook is not None
+        self.webhook_queue = asyncio.Queue()
+        try:
+            while True:
+                alert = await self.webhook_queue.get()
+                try:
+                    await self.webhook.send([alert])
+                except WebhookError as error:
+                    log.error("alert %s (%s) not delivered: %s", alert.alert_id, alert.status, error)
+        finally:
+            await self.webhook.close()
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def register_brand_agents(
+    app: faust.App,
+    settings: Settings,
+    config: MonitorConfig | None = None,
+    *,
+    webhook_url: str | None = None,
+    tick_s: float = 5.0,
+    idle_s: float = 10.0,
+) -> BrandAgents:
+    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task."""
+    webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
+    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s)
+
+    @app.agent(agents.mentions, name="socialpulse-brand-monitor")
+    async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            raw = event.value
+            if event.key == TICK_KEY:
+                outputs = agents.on_tick(partition, raw)
+            else:
+                try:
+                    outputs = agents.on_mention(partition, raw)
+                except msgspec.DecodeError as error:
+                    where = f"{event.message.topic}[{partition}]@{event.message.offset}"
+                    log.error("skipping an undecodable brand mention at %s: %s", where, error)
+                    continue
+            await agents.emit(outputs)
+
+    # Called, not used as a decorator: Faust's timer is untyped.
+    app.timer(tick_s, name="socialpulse-brand-ticks")(agents.send_ticks)
+
+    if webhook is not None:
+        app.task(agents.deliver_webhooks)
+
+    return agents

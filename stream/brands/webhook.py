@@ -1,0 +1,100 @@
+"""Alert delivery to an Alertmanager-compatible receiver: POST {base}/api/v2/alerts, retried with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from stream.brands.model import Alert
+
+log = logging.getLogger(__name__)
+
+ALERT_NAMES = {"crisis": "BrandCrisis", "volume_spike": "BrandVolumeSpike", "negativity_spike": "BrandNegativitySpike"}
+
+
+class WebhookError(RuntimeError):
+    """The receiver did not accept the alerts after every retry."""
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def alertmanager_alert(alert: Alert, firing_ttl_s: float = 3600.0) -> dict[str, Any]:
+    """One alert in the Alertmanager v2 API shape (postableAlert)."""
+    # Alertmanager resolves an alert whose endsAt has passed: a firing alert is held for firing_ttl_s unless
+    # its resolved event (endsAt = the resolving window's end) arrives first.
+    ends = alert.window.end if alert.status == "resolved" else alert.window.end + int(firing_ttl_s * 1000)
+    terms = ", ".join(t.term for t in alert.top_terms)
+    return {
+        "labels": {
+            "alertname": ALERT_NAMES[alert.kind],
+            "brand": alert.brand,
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "alert_id": alert.alert_id,
+        },
+        "annotations": {
+            "summary": f"{alert.brand}: {alert.kind.replace('_', ' ')} ({alert.status})",
+            "description": (
+                f"{alert.metric} {alert.observed:g} vs baseline {alert.baseline_mean:g} "
+                f"(sd {alert.baseline_std:g}, z {alert.z:g}) in the window from {_rfc3339(alert.window.start)}"
+            ),
+            "top_terms": terms,
+            "example_posts": ", ".join(e.post_id for e in alert.examples),
+        },
+        "startsAt": _rfc3339(alert.started_at),
+        "endsAt": _rfc3339(ends),
+    }
+
+
+class AlertmanagerWebhook:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        timeout_s: float = 10.0,
+        firing_ttl_s: float = 3600.0,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/api/v2/alerts"
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.firing_ttl_s = firing_ttl_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, alerts: list[Alert]) -> int:
+        """POST the alerts; returns the attempts it took. Retries connection errors, 5xx and 429."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        body = [alertmanager_alert(alert, self.firing_ttl_s) for alert in alerts]
+        delay = self.backoff_s
+        for attempt in range(1, self.retries + 2):
+            try:
+                async with self._session.post(self.url, json=body) as response:
+                    if response.status < 300:
+                        return attempt
+                    problem = f"HTTP {response.status}: {(await response.text())[:200]}"
+                    if response.status < 500 and response.status != 429:
+                        raise WebhookError(f"{self.url} rejected the alerts: {problem}")
+            except (aiohttp.ClientError, TimeoutError) as error:
+                problem = f"{type(error).__name__}: {error}"
+            if attempt > self.retries:
+                break
+            log.warning("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+        raise WebhookError(f"{self.url}: gave up after {self.retries + 1} attempts: {problem}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
