@@ -83,7 +83,7 @@ class MonitorConfig(BaseSettings):
     dedupe_window_s: int = Field(3600, description="How long a text is remembered for (near-)duplicate flags.")
     dedupe_capacity: int = Field(2000, description="Texts remembered per brand for exact duplicates.")
     near_dup_capacity: int = Field(200, description="Signatures remembered per brand for near-duplicates.")
-    near_dup_similarity: float = Field(0.75, description="Estimated Jaccard of word 3-shingles that flags.")
+    near_dup_similarity: float = Field(0.5, description="Estimated Jaccard of word 3-shingles that flags.")
     min_followers: int = Field(2, description="Posts with a link from authors with fewer followers are flagged.")
     max_author_posts: int = Field(10, description="Mentions of one brand by one author per rate window.")
     rate_window_s: int = Field(300, description="Window for max_author_posts.")
