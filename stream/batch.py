@@ -196,14 +196,15 @@ class Batcher(Generic[Ticket]):
             window.sort(key=lambda job: len(job.ids))
             lengths = [len(job.ids) for job in window]
             for span in slice_by_budget(lengths, self._max_batch_tokens, self._max_batch_size, self._pad_multiple):
-                jobs = window[span.start : span.stop]
-                input_ids, attention_mask = pad(
-                    [job.ids for job in jobs], self._pad_multiple, self._tokenizer.pad_token_id
-                )
-                yield Batch(
-                    jobs=jobs,
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    queue_seconds=time.monotonic() - min(job.enqueued_at for job in jobs),
-                    tokenize_seconds=tokenize_seconds,
-                )
+                yield self.make_batch(window[span.start : span.stop], tokenize_seconds)
+
+    def make_batch(self, jobs: list[Job[Ticket]], tokenize_seconds: float = 0.0) -> Batch[Ticket]:
+        """Pad tokenized jobs into one batch."""
+        input_ids, attention_mask = pad([job.ids for job in jobs], self._pad_multiple, self._tokenizer.pad_token_id)
+        return Batch(
+            jobs=jobs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            queue_seconds=time.monotonic() - min(job.enqueued_at for job in jobs),
+            tokenize_seconds=tokenize_seconds,
+        )

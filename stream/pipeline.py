@@ -18,7 +18,7 @@ from typing import Protocol
 
 from models.manifest import Manifest
 from stream.backends.base import InferenceBackend
-from stream.batch import Batch, Batcher, Job, pad
+from stream.batch import Batch, Batcher, Job
 from stream.emit import Emitter, Enriched, now_ms
 from stream.infer import Prediction, predict
 from stream.metrics import Metrics
@@ -175,12 +175,8 @@ class Pipeline:
         return [await self._infer_alone(job) for job in batch.jobs]
 
     async def _infer_alone(self, job: Job[Ticket]) -> Prediction | None:
-        input_ids, attention_mask = pad([job.ids], 1, 0)
-        single = Batch(
-            jobs=[job], input_ids=input_ids, attention_mask=attention_mask, queue_seconds=0, tokenize_seconds=0
-        )
         try:
-            return (await self._run_backend(single))[0]
+            return (await self._run_backend(self._batcher.make_batch([job])))[0]
         except Exception as error:
             log.exception("post %s failed in inference", job.ticket.valid.post.id)
             self._spawn(
