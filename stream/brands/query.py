@@ -107,10 +107,14 @@ class Or:
     children: tuple[Node, ...]
 
 
+Positional = Phrase | Tag
+
+
 @dataclass(frozen=True, slots=True)
 class Near:
-    left: Phrase | Tag
-    right: Phrase | Tag
+    # Each side: alternatives, as written `(refund OR "money back")`.
+    left: tuple[Positional, ...]
+    right: tuple[Positional, ...]
     distance: int
 
 
@@ -248,12 +252,16 @@ class _Parser:
             start = operand
         return node
 
-    def _positional(self, node: Node, token: _Token, near: _Token) -> Phrase | Tag:
+    def _positional(self, node: Node, token: _Token, near: _Token) -> tuple[Positional, ...]:
         if isinstance(node, Phrase | Tag):
-            return node
+            return (node,)
+        if isinstance(node, Or) and all(isinstance(c, Phrase | Tag) for c in node.children):
+            return tuple(c for c in node.children if isinstance(c, Phrase | Tag))
         if isinstance(node, Near):
             raise self.lexer.error("NEAR cannot be chained; combine two NEARs with AND", near.offset)
-        raise self.lexer.error("NEAR works on words, phrases, #hashtags and @mentions only", token.offset)
+        raise self.lexer.error(
+            "NEAR works on words, phrases, #hashtags, @mentions and OR-groups of them only", token.offset
+        )
 
     def unary(self) -> Node:
         if self.peek.kind == "NOT":
@@ -319,7 +327,14 @@ Predicate = Callable[[PostIndex], bool]
 Spans = Callable[[PostIndex], list[tuple[int, int]]]
 
 
-def _spans(node: Phrase | Tag) -> Spans:
+def _alternatives(nodes: tuple[Positional, ...]) -> Spans:
+    parts = [_spans(node) for node in nodes]
+    if len(parts) == 1:
+        return parts[0]
+    return lambda post: [span for part in parts for span in part(post)]
+
+
+def _spans(node: Positional) -> Spans:
     """Occurrences as (first, last) word positions."""
     if isinstance(node, Tag):
         key = node.prefix + node.name
@@ -374,7 +389,7 @@ def _compile(node: Node) -> Predicate:
     if isinstance(node, Or):
         parts = tuple(_compile(c) for c in node.children)
         return lambda post: any(part(post) for part in parts)
-    left, right, distance = _spans(node.left), _spans(node.right), node.distance
+    left, right, distance = _alternatives(node.left), _alternatives(node.right), node.distance
 
     def near(post: PostIndex) -> bool:
         b_spans = right(post)
@@ -398,7 +413,7 @@ def triggers(node: Node) -> frozenset[str] | None:
     if isinstance(node, FieldFilter | Not):
         return None
     if isinstance(node, Near):
-        left, right = triggers(node.left), triggers(node.right)
+        left, right = (triggers(Or(side)) for side in (node.left, node.right))
         assert left is not None and right is not None
         return min(left, right, key=len)
     sets = [triggers(c) for c in node.children]

@@ -48,6 +48,9 @@ def matches(query: str, text: str, **fields: str) -> bool:
         ("acme NEAR/1 rocket", "acme big red rocket", False),
         ('"acme corp" NEAR/3 #fail', "acme corp did it again #fail", True),
         ('"acme corp" NEAR/3 #fail', "acme corp did it once again #fail", False),
+        ('acme NEAR/2 (refund OR "money back")', "acme, I want my money back", False),
+        ('acme NEAR/3 (refund OR "money back")', "acme, I want my money back", True),
+        ('acme NEAR/3 (refund OR "money back")', "refund now acme", True),
         ("acme and", "acme", False),  # lower-case and is a word
         ("acme lang:en", "acme", True),
         ("acme lang:de", "acme", False),
@@ -89,7 +92,7 @@ def test_precedence() -> None:
         ("acme ()", 6, "empty parentheses"),
         ("acme NEAR/x corp", 6, "NEAR needs a distance"),
         ("acme NEAR corp", 6, "NEAR needs a distance"),
-        ("acme NEAR/2 (corp OR inc)", 13, "NEAR works on words"),
+        ("acme NEAR/2 (corp inc)", 13, "NEAR works on words"),
         ("a NEAR/2 b NEAR/2 c", 12, "NEAR cannot be chained"),
         ("acme colour:red", 6, "unknown field 'colour'"),
         ("acme lang:", 6, "needs a value"),
