@@ -391,9 +391,10 @@ class BrandMonitor:
             firing = [s for s in hot if s.z >= c.z_immediate or state.streaks[s.metric] >= c.confirm_windows]
             if not firing or agg.start < state.cooldown_until:
                 return []
-            kind = _kind(firing)
+            # Once one metric fires, the other needs only to be anomalous to make the incident a crisis.
+            kind = _kind(hot)
             state.incident = Incident(f"{state.brand}:{kind}:{agg.start}", kind, agg.start)
-            return [self._alert(state, state.incident, "firing", window, firing, agg)]
+            return [self._alert(state, state.incident, "firing", window, hot, agg)]
         strong = [s for s in signals if s.z >= c.resolve_z]
         if hot and _kind(hot) == "crisis" and incident.kind != "crisis":
             incident.kind, incident.quiet_windows = "crisis", 0

@@ -1,0 +1,164 @@
+"""The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted ends with the same
+window aggregates as the same mentions run uninterrupted through BrandMonitor (what the backtest runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from stream.brands.backtest import Classification, build_mention
+from stream.brands.model import BrandStats, Output
+from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.query import BrandCatalog, post_brands
+from stream.brands.synthetic import Burst, StreamSpec, demo_brands_yaml, load_rated_tweets, synthetic_posts
+from stream.kafka_local import LocalKafka
+from stream.schema import BrandMention
+from stream.settings import Settings
+from stream.validate import SourceRef, ValidPost
+from stream.worker import build_validator
+from tests.integration.harness import REPO_ROOT, Topics, free_port
+
+MINUTE = 60_000
+OutputUnion = msgspec.json.Decoder(Output)
+
+
+def mentions_for(spec: StreamSpec) -> list[BrandMention]:
+    validator = build_validator(Settings())
+    catalog = BrandCatalog.from_yaml_text(demo_brands_yaml())
+    mentions = []
+    for n, post in enumerate(synthetic_posts(spec, load_rated_tweets())):
+        valid = validator.validate(msgspec.json.encode(post), SourceRef("t", 0, n))
+        assert isinstance(valid, ValidPost)
+        labels = Classification(post["sentiment"], post["sentiment_scores"], post["behaviours"])  # type: ignore[arg-type]
+        mentions += [build_mention(valid, brand, labels) for brand in post_brands(valid, catalog)]
+    return mentions
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("brand_monitor_worker.py")),
+            "worker",
+            "--web-port",
+            str(free_port()),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def produce(bootstrap: str, topic: str, mentions: list[BrandMention]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        encoder = msgspec.json.Encoder()
+        sent = [await producer.send(topic, key=m.brand.encode(), value=encoder.encode(m)) for m in mentions]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+async def read_stats(bootstrap: str, topic: str, until: int, timeout: float) -> dict[tuple[str, str, int], BrandStats]:
+    """Every window stat that ends at or before `until`, deduplicated by (brand, kind, start)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    found: dict[tuple[str, str, int], BrandStats] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    output = OutputUnion.decode(record.value or b"")
+                    if isinstance(output, BrandStats) and output.window.end <= until:
+                        key = (output.brand, output.window.kind, output.window.start)
+                        assert key not in found or found[key] == output, (found[key], output)
+                        found[key] = output
+            if found and max(s.window.end for s in found.values()) >= until:
+                await asyncio.sleep(2)
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        output = OutputUnion.decode(record.value or b"")
+                        if isinstance(output, BrandStats) and output.window.end <= until:
+                            found[(output.brand, output.window.kind, output.window.start)] = output
+                return found
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    spec = StreamSpec(minutes=12, seed=3, per_minute=15, bursts=[Burst("Acme", 8.0, minutes=2)])
+    mentions = mentions_for(spec)
+    # One sentinel per brand far after the stream closes every window of interest in every partition.
+    last = max(m.created_at for m in mentions)
+    end = last - last % MINUTE + MINUTE
+    sentinels = [
+        msgspec.structs.replace(m, post_id=f"sentinel-{m.brand}", created_at=end + 20 * MINUTE)
+        for m in {m.brand: m for m in mentions}.values()
+    ]
+
+    reference = BrandMonitor(MonitorConfig())
+    outputs: list[Output] = []
+    for m in [*mentions, *sentinels]:
+        outputs += reference.advance(m.created_at) + reference.observe(m)
+    expected = {
+        (o.brand, o.window.kind, o.window.start): o
+        for o in outputs
+        if isinstance(o, BrandStats) and o.window.end <= end + 10 * MINUTE
+    }
+
+    topics = Topics()
+    env = {
+        **topics.env(),
+        "SOCIALPULSE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "SOCIALPULSE_BROKER_COMMIT_INTERVAL_S": "0.5",
+        "SOCIALPULSE_BROKER_SESSION_TIMEOUT_S": "6",
+    }
+    settings = Settings(**{k.removeprefix("SOCIALPULSE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    await admin.create_topics(
+        [
+            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
+            for t in (settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic)
+        ]
+    )
+    await admin.close()
+
+    # Cut in the middle of a window: the worker holds a half-filled window when it dies.
+    cut = next(i for i, m in enumerate(mentions) if m.created_at >= spec.start_ms + 6 * MINUTE + 30_000)
+    await produce(kafka.bootstrap, settings.mentions_topic, mentions[:cut])
+    log = tmp_path / "worker.log"
+    first = start_worker(env, log)
+    try:
+        await read_stats(kafka.bootstrap, settings.brand_stats_topic, spec.start_ms + 5 * MINUTE, timeout=120)
+        await asyncio.sleep(3)  # let it take in the rest of what was produced
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+    await produce(kafka.bootstrap, settings.mentions_topic, mentions[cut:] + sentinels)
+    second = start_worker(env, log)
+    try:
+        found = await read_stats(kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=60)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    assert set(found) == set(expected), tail
+    assert found == expected, tail
