@@ -9,9 +9,15 @@ from typing import Annotated
 
 import typer
 
+from models.cli import app as models_app
+from models.cli import classify
+from stream.brands.cli import backtest_command
 from stream.settings import Settings
 
 app = typer.Typer(help="socialpulse: real-time social media stream processor.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.command("classify")(classify)
+app.command("backtest")(backtest_command)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import Protocol
 from models.manifest import Manifest
 from stream.backends.base import InferenceBackend
 from stream.batch import Batch, Batcher, Job
+from stream.brands.query import Matcher, post_brands
 from stream.emit import Emitter, Enriched, now_ms
 from stream.infer import Prediction, predict
 from stream.metrics import Metrics
@@ -31,10 +32,6 @@ Ack = Callable[[], Awaitable[object]]
 
 SENTIMENT_HEAD = "sentiment"
 BEHAVIOUR_HEAD = "behaviour"
-
-
-class BrandMatcher(Protocol):
-    def match(self, valid: ValidPost) -> list[str]: ...
 
 
 class BatchObserver(Protocol):
@@ -65,7 +62,7 @@ class Pipeline:
         manifest: Manifest,
         emitter: Emitter,
         metrics: Metrics,
-        matcher: BrandMatcher | None = None,
+        matcher: Matcher | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
         self._validator = validator
@@ -91,12 +88,11 @@ class Pipeline:
             self._spawn(self._dead_letter(raw, result.reason, result.detail, source, ack))
             return
         if self._matcher is not None:
-            matched = self._matcher.match(result)
             result = ValidPost(
                 post=result.post,
                 created_at_ms=result.created_at_ms,
                 language=result.language,
-                brands=list(dict.fromkeys([*result.brands, *matched])),
+                brands=post_brands(result, self._matcher),
             )
         ticket = Ticket(valid=result, source=source, ingested_at_ms=ingested_at_ms, ack=ack)
         text = result.post.text

@@ -80,7 +80,12 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Faust web server: live page and /metrics.")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, description="Standalone Prometheus exporter port; 0 disables it.")
-    brands_file: Path | None = Field(None, description="YAML brand queries; none disables brand matching.")
+    brands_file: Path | None = Field(
+        None, description="YAML brand queries (docs/BRANDS.md); none disables matching and brand monitoring."
+    )
+    brands_webhook_url: str | None = Field(
+        None, description="Alertmanager base URL; alerts are POSTed to {url}/api/v2/alerts. None disables."
+    )
 
     @cached_property
     def kafka_ssl_context(self) -> ssl.SSLContext | None:

@@ -16,10 +16,12 @@ from models.manifest import Manifest, load_manifest
 from stream.backends import select_backend
 from stream.backends.ort import OrtBackend
 from stream.batch import Batcher, PostTokenizer
+from stream.brands.agent import register_brand_agents
+from stream.brands.query import Matcher, ReloadingCatalog
 from stream.emit import Emitter, Topics
 from stream.ingest import register_ingest
 from stream.metrics import Metrics
-from stream.pipeline import BatchObserver, BrandMatcher, Pipeline, Ticket
+from stream.pipeline import BatchObserver, Pipeline, Ticket
 from stream.schema import ModelRef
 from stream.settings import Settings
 from stream.validate import Validator
@@ -103,7 +105,7 @@ class PipelineService(Service):
         app: faust.App,
         settings: Settings,
         metrics: Metrics,
-        matcher: BrandMatcher | None = None,
+        matcher: Matcher | None = None,
         observer: BatchObserver | None = None,
         **kwargs: Any,
     ) -> None:
@@ -286,16 +288,17 @@ class LagProbe:
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
 
 
-def build_worker_app(
-    settings: Settings, metrics: Metrics, matcher: BrandMatcher | None = None
-) -> tuple[faust.App, PipelineService]:
+def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, PipelineService]:
     app = create_app(settings)
     live = LiveStats()
     register_web(app, metrics, live)
+    matcher = ReloadingCatalog(settings.brands_file) if settings.brands_file else None
     service = PipelineService(app, settings, metrics, matcher=matcher, observer=live, loop=None)
     # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
     app.service(cast(Any, service))
     register_ingest(app, settings, service.pipeline)
+    if settings.brands_file:
+        register_brand_agents(app, settings, webhook_url=settings.brands_webhook_url)
 
     def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalances.inc()
