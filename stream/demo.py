@@ -88,7 +88,11 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
         f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets "
         f"({malformed_share:.0%} malformed) -> {posts_file}"
     )
-    env = {**os.environ, "SOCIALPULSE_APP_ID": os.environ.get("SOCIALPULSE_APP_ID", "socialpulse-demo")}
+    env = {
+        "SOCIALPULSE_APP_ID": "socialpulse-demo",
+        "SOCIALPULSE_BRANDS_FILE": str(REPO_ROOT / "deploy/brands/demo.yaml"),
+        **os.environ,
+    }
     log_path = REPO_ROOT / ".cache/demo-worker.log"
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
