@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream.kafka_local import REPO_ROOT, LocalKafka
+from tests.integration.worker_fixtures import running_worker  # noqa: F401  pytest_plugins only works in a root conftest
 
 TEST_KAFKA_PORT = int(os.environ.get("SOCIALPULSE_TEST_KAFKA_PORT", "19192"))
 TEST_KAFKA_HOME = REPO_ROOT / f".cache/kafka-test-{TEST_KAFKA_PORT}"

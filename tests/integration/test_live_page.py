@@ -1,26 +1,21 @@
-"""The live page in headless Chromium (Debian chromium + chromedriver via selenium): served by a real
-Faust web server, it must show the numbers /metrics exports, including percentiles interpolated from
-the same histogram. SOCIALPULSE_UPDATE_SCREENSHOT=1 writes the screenshot to docs/live-page.png."""
+"""The live page of a running worker in headless Chromium (Debian chromium + chromedriver via selenium):
+it must show the numbers the same worker's /metrics exports, including percentiles interpolated from the
+same histograms, while a second wave of posts goes through. SOCIALPULSE_UPDATE_SCREENSHOT=1 writes the
+screenshot to docs/live-page.png."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-import faust
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from stream.metrics import Metrics
-from stream.web import LiveStats, histogram_quantile, register_web
+from stream.web import RegistrySnapshot, histogram_quantile
+from tests.integration.worker_fixtures import RunningWorker, fresh_stream, scrape
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -37,60 +32,11 @@ CHROMIUM_FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1280,1000",
 )
-BRANDS = {"acme": {"positive": 25, "negative": 15, "neutral": 10}, "globex": {"negative": 12, "neutral": 6}}
-RATE = 12  # posts per second fed to LiveStats
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class LiveServer:
-    url: str
-    metrics: Metrics
-    live: LiveStats
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(self.url + path, timeout=5) as r:
-            return str(r.read().decode())
-
-
-@pytest.fixture
-def live_server() -> Iterator[LiveServer]:
-    """A real Faust app's aiohttp web server on a free port, on its own loop thread (no broker needed)."""
-    metrics, live = Metrics(), LiveStats(window_s=300)
-    port = free_port()
-    started, stop = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    async def serve() -> None:
-        app = faust.App("socialpulse-live-test", broker="kafka://127.0.0.1:1", web_bind="127.0.0.1", web_port=port)
-        register_web(app, metrics, live)
-        await app.web.start()
-        started.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await app.web.stop()
-
-    def run() -> None:
-        try:
-            asyncio.run(serve())
-        except BaseException as exc:  # reported by the fixture, not lost in the thread
-            errors.append(exc)
-            started.set()
-
-    thread = threading.Thread(target=run, name="live-web", daemon=True)
-    thread.start()
-    assert started.wait(30), "web server did not start"
-    assert not errors, errors
-    yield LiveServer(f"http://127.0.0.1:{port}", metrics, live)
-    stop.set()
-    thread.join(30)
-    assert not errors, errors
+WAVE = 300
+# The page's windowed percentiles diff against its first poll for up to 60 s (Summary.latency_window_s).
+WINDOW_S = 60.0
+CREATED = "socialpulse_e2e_created_latency_seconds"
+INGEST = "socialpulse_e2e_ingest_latency_seconds"
 
 
 @pytest.fixture
@@ -115,29 +61,19 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]
         driver.quit()
 
 
-def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
-def buckets(parsed: dict[str, list[tuple[dict[str, str], float]]], histogram: str) -> list[tuple[float, float]]:
-    return sorted((float(labels["le"]), v) for labels, v in parsed[f"{histogram}_bucket"])
-
-
-def total(parsed: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
-    return sum(v for _, v in parsed.get(name, []))
-
-
 def fmt_latency(seconds: float | None) -> str:
     """The page's fmtLatency, for comparing the displayed text."""
     if seconds is None:
         return "-"
+    # JS toFixed rounds an exact tie (e.g. 29.625) up where Python's format rounds it to even.
     if seconds < 1:
-        return f"{seconds * 1000:.{2 if seconds < 0.01 else 1}f} ms"
-    return f"{seconds:.2f} s"
+        return f"{_to_fixed(seconds * 1000, 2 if seconds < 0.01 else 1)} ms"
+    return f"{_to_fixed(seconds, 2)} s"
+
+
+def _to_fixed(x: float, digits: int) -> str:
+    """JS Number.prototype.toFixed for non-negative x."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
@@ -148,62 +84,50 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def feed_live(live: LiveStats, now: float) -> None:
-    """RATE posts/s from 60 s ago to 60 s ahead (the page's rate then holds whenever it polls); the brand
-    mix only in the past, so the page's 5-minute window holds all of it."""
-    pairs = [(brand, label) for brand, mix in BRANDS.items() for label, n in mix.items() for _ in range(n)]
-    for k, second in enumerate(range(int(now) - 60, int(now) + 60)):
-        mentions = pairs[k * 4 : k * 4 + 4] if second < int(now) else []
-        live.record_batch(second + 0.5, posts=RATE, brands_sentiments=mentions)
-    assert sum(len(pairs[k * 4 : k * 4 + 4]) for k in range(60)) == len(pairs)
-
-
-def test_live_page_matches_metrics(live_server: LiveServer, browser: object, tmp_path: Path) -> None:
+def test_live_page_matches_metrics(running_worker: RunningWorker, browser: object, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
 
     assert isinstance(browser, WebDriver)
-    m = live_server.metrics
-    m.worker_up.set(1)
-    m.model_info.info({"name": "minilm-multitask", "version": "2026.11", "variant": "int8"})
-    for v in (0.004, 0.006, 0.012, 0.03, 0.05, 0.08, 0.2, 0.9, 1.7, 3.0):
-        m.e2e_created.observe(v)
-        m.e2e_ingest.observe(v / 2)
-    m.posts_consumed.inc(1000)
-    m.dlq_records.labels("invalid_json").inc(4)
-    for brand, mix in BRANDS.items():
-        m.brand_posts.labels(brand).inc(sum(mix.values()))
-        for label, n in mix.items():
-            m.brand_sentiment.labels(brand, label).inc(n)
-    feed_live(live_server.live, time.time())
+    page = browser
 
-    browser.get(live_server.url + "/")
-    value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("data-value")  # noqa: E731
-    text = lambda element_id: browser.find_element(By.ID, element_id).text  # noqa: E731
-    wait_until(lambda: value("posts-total") == "1000")
-    # The page's first poll is the baseline of its windowed percentiles; nothing is observed in between.
-    before = samples(live_server.get("/metrics"))
+    def value(element_id: str) -> str:
+        return str(page.find_element(By.ID, element_id).get_attribute("data-value") or "")
 
-    # Second wave, after the baseline: the window shows only these, "since start" shows both.
-    for v in (0.0015, 0.002, 0.0035, 0.007, 0.009, 0.015, 0.022, 0.04, 0.3, 12.0):
-        m.e2e_created.observe(v)
-    for topic, label, n in (("social.sentiment", "positive", 700), ("social.sentiment", "negative", 290)):
-        m.events_produced.labels(topic, label).inc(n)
-    m.posts_consumed.inc(234)
-    m.dlq_records.labels("duplicate_id").inc(2)
-    wait_until(lambda: value("posts-total") == "1234" and value("events-total") == "990")
-    after = samples(live_server.get("/metrics"))
+    def text(element_id: str) -> str:
+        return str(page.find_element(By.ID, element_id).text)
 
-    assert float(value("posts-total")) == total(after, "socialpulse_posts_consumed_total") == 1234
-    assert text("posts-total") == "1,234"
-    assert float(value("events-total")) == total(after, "socialpulse_events_produced_total")
-    assert float(value("dlq-total")) == total(after, "socialpulse_dlq_records_total") == 6
-    assert "invalid_json: 4" in text("dlq-reasons") and "duplicate_id: 2" in text("dlq-reasons")
+    def shows(snap: RegistrySnapshot) -> bool:
+        return (
+            value("posts-total") == f"{snap.total('socialpulse_posts_consumed_total'):.0f}"
+            and value("events-total") == f"{snap.total('socialpulse_events_produced_total'):.0f}"
+        )
 
-    created = "socialpulse_e2e_created_latency_seconds"
-    since_start = buckets(after, created)
-    window = [(le, c - dict(buckets(before, created))[le]) for le, c in since_start]
-    assert window[-1][1] == 10
+    # The worker is idle: the page's first poll, the baseline of its windowed percentiles, sees `before`.
+    before = scrape(running_worker.web_url("/metrics"))
+    opened = time.monotonic()
+    browser.get(running_worker.web_url("/"))
+    wait_until(lambda: shows(before))
+
+    # A second wave while the page polls: its window shows only these posts, "since start" shows all.
+    wave = fresh_stream(WAVE, seed=37)
+    running_worker.send(wave, settle_lag=False)
+    after = scrape(running_worker.web_url("/metrics"))
+    wait_until(lambda: shows(after))
+    elapsed = time.monotonic() - opened
+    assert elapsed < WINDOW_S - 5, f"the wave took {elapsed:.0f}s: the page's window no longer starts at its first poll"
+
+    assert float(value("posts-total")) == after.total("socialpulse_posts_consumed_total") == len(running_worker.records)
+    assert text("posts-total") == f"{len(running_worker.records):,}"
+    assert float(value("events-total")) == after.total("socialpulse_events_produced_total")
+    assert text("events-total") == f"{after.total('socialpulse_events_produced_total'):,.0f}"
+    dlq = after.by_label("socialpulse_dlq_records_total", "reason")
+    assert float(value("dlq-total")) == sum(dlq.values()) == sum(running_worker.expected_dlq.values())
+    assert text("dlq-reasons").split(", ") == [f"{reason}: {n:,.0f}" for reason, n in dlq.items() if n > 0]
+
+    since_start = after.buckets(CREATED)
+    window = [(le, c - dict(before.buckets(CREATED))[le]) for le, c in since_start]
+    assert window[-1][1] == len([r for r in wave if r.expected is None])
     for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
         expected_window, expected_total = histogram_quantile(q, window), histogram_quantile(q, since_start)
         assert expected_window is not None and expected_total is not None
@@ -211,23 +135,31 @@ def test_live_page_matches_metrics(live_server: LiveServer, browser: object, tmp
         assert float(value(f"{name}-total")) == pytest.approx(expected_total, rel=1e-12), name
         assert text(name) == fmt_latency(expected_window)
         assert text(f"{name}-total") == fmt_latency(expected_total)
-    ingest_p99 = histogram_quantile(0.99, buckets(after, "socialpulse_e2e_ingest_latency_seconds"))
+    ingest_p99 = histogram_quantile(0.99, after.buckets(INGEST))
+    assert ingest_p99 is not None
     assert float(value("p99-ingest")) == pytest.approx(ingest_p99, rel=1e-12)
+    assert text("p99-ingest") == fmt_latency(ingest_p99)
 
-    assert float(value("throughput")) == RATE
-    assert text("throughput") == f"{RATE:.1f}"
-
-    rows = browser.find_elements(By.CSS_SELECTOR, "#brands tbody tr")
-    shown = {row.get_attribute("data-brand"): row.find_element(By.CSS_SELECTOR, ".brand-total").text for row in rows}
+    # The page's mix covers its last 5 minutes; the worker processed everything within them.
     exported: dict[str, dict[str, float]] = {}
-    for labels, v in after["socialpulse_brand_sentiment_total"]:
-        exported.setdefault(labels["brand"], {})[labels["sentiment"]] = v
-    assert shown == {brand: str(int(sum(mix.values()))) for brand, mix in exported.items()}
-    for row in rows:
-        mix = exported[str(row.get_attribute("data-brand"))]
-        detail = row.find_elements(By.CSS_SELECTOR, "td")[3].text
-        assert detail == ", ".join(f"{label} {int(n)}" for label, n in sorted(mix.items()))
-    assert "minilm-multitask" in text("model") and "worker up" in text("status")
+    for labels, n in after.samples["socialpulse_brand_sentiment_total"]:
+        exported.setdefault(labels["brand"], {})[labels["sentiment"]] = n
+    assert set(exported) == set(running_worker.expected_brand_posts)
+    # One script reads the whole table: each poll replaces its rows, so elements found earlier go stale.
+    rows = page.execute_script(
+        "return [...document.querySelectorAll('#brands tbody tr')]"
+        ".map(tr => [tr.dataset.brand, tr.querySelector('.brand-total').textContent, tr.cells[3].textContent])"
+    )
+    assert {brand: total for brand, total, _ in rows} == {
+        brand: f"{sum(mix.values()):,.0f}" for brand, mix in exported.items()
+    }
+    for brand, _, detail in rows:
+        assert detail == ", ".join(f"{label} {n:.0f}" for label, n in sorted(exported[brand].items())), brand
+
+    ((model, _),) = after.samples["socialpulse_model_info"]
+    # The exposition sorts labels; the page keeps the registry's order.
+    assert sorted(text("model").removeprefix("model: ").split(" / ")) == sorted(v for v in model.values() if v)
+    assert text("status").startswith("worker up")
 
     target = (
         REPO / "docs/live-page.png"
@@ -237,3 +169,5 @@ def test_live_page_matches_metrics(live_server: LiveServer, browser: object, tmp
     target.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(target))
     assert target.stat().st_size > 20_000, "screenshot looks empty"
+    # Later tests get the worker as the fixture hands it out: idle and caught up.
+    running_worker.settle_lag()
