@@ -11,6 +11,7 @@ import ast
 import hashlib
 import importlib.metadata
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -210,7 +211,11 @@ def _train_and_export(
             num_heads=model.num_heads,
             hidden_size=model.hidden_size,
         )
-        variants, export_notes = build_variants(model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, 0, VARIANTS)
+        # int8 calibration (per-channel activation peaks) from training tweets only.
+        calibration = [t.text for t in random.Random(config.seed).sample(tweets_train, 256)]
+        variants, export_notes = build_variants(
+            model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, 0, VARIANTS, calibration_texts=calibration
+        )
 
     manifest = Manifest(
         name=MODEL_NAME,

@@ -40,6 +40,8 @@ class TrainConfig(msgspec.Struct, frozen=True):
     # Auxiliary loss: regress the mean human rating (/4) from the same pooled vector.
     regression_weight: float = 0.0
     label_smoothing: float = 0.0
+    # Cross-entropy class weights (n_total / (k * n_class)) ** power: 0 plain, 0.5 softened, 1 balanced.
+    class_weight_power: float = 0.0
     threads: int = 2
 
 
@@ -168,7 +170,11 @@ def train_sentiment(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    counts = np.bincount([t.label for t in tweets], minlength=len(SENTIMENT_LABELS)).astype(np.float64)
+    weights = (counts.sum() / (len(counts) * np.maximum(counts, 1.0))) ** config.class_weight_power
+    loss_fn = nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32), label_smoothing=config.label_smoothing
+    )
     model.train()
     step = 0
     for _epoch in range(config.epochs):
