@@ -42,6 +42,10 @@ class TrainConfig(msgspec.Struct, frozen=True):
     label_smoothing: float = 0.0
     # Cross-entropy class weights (n_total / (k * n_class)) ** power: 0 plain, 0.5 softened, 1 balanced.
     class_weight_power: float = 0.0
+    # Stochastic weight averaging: uniform mean of the weights every `average_every` steps over the last
+    # `average_fraction` of training (0 disables); the averaged weights are what gets exported.
+    average_fraction: float = 0.0
+    average_every: int = 10
     threads: int = 2
 
 
@@ -177,6 +181,8 @@ def train_sentiment(
     )
     model.train()
     step = 0
+    averaged: dict[str, torch.Tensor] = {}
+    count = 0
     for _epoch in range(config.epochs):
         examples = _epoch_examples(config, tweets, snippets, rng)
         lengths = [len(e.text) for e in examples]
@@ -197,9 +203,29 @@ def train_sentiment(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            averaging = config.average_fraction > 0 and step >= total * (1 - config.average_fraction)
+            if averaging and (total - step) % config.average_every == 0:
+                averaged = _accumulate(averaged, model, count)
+                count += 1
             if on_step is not None:
                 on_step(step, total, float(loss.detach()))
+    if count:
+        model.load_state_dict(averaged)
     model.eval()
+
+
+@torch.no_grad()
+def _accumulate(average: dict[str, torch.Tensor], model: nn.Module, count: int) -> dict[str, torch.Tensor]:
+    """Running uniform mean of float parameters and buffers; integer buffers keep their latest value."""
+    current = model.state_dict()
+    if count == 0:
+        return {name: value.detach().clone() for name, value in current.items()}
+    for name, value in current.items():
+        if value.is_floating_point():
+            average[name].mul_(count / (count + 1)).add_(value, alpha=1 / (count + 1))
+        else:
+            average[name].copy_(value)
+    return average
 
 
 @torch.no_grad()
