@@ -61,9 +61,15 @@ class Metrics:
         self.posts_consumed = Counter(
             "socialpulse_posts_consumed_total", "Records read from the input topic.", registry=r
         )
+        self.posts_delivered = Counter(
+            "socialpulse_posts_delivered_total",
+            "Valid posts whose every event was acknowledged by Kafka.",
+            registry=r,
+        )
         self.events_produced = Counter(
             "socialpulse_events_produced_total",
-            "Events acknowledged by Kafka, by topic and label.",
+            "Events acknowledged by Kafka, by topic and label (a behaviour event counts once per flagged label,"
+            " or once as none).",
             ["topic", "label"],
             registry=r,
         )

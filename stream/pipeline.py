@@ -214,6 +214,7 @@ class Pipeline:
     def _observe_delivered(self, enriched: list[Enriched], produced: dict[str, list[str]]) -> None:
         metrics = self._metrics
         delivered_ms = now_ms()
+        metrics.posts_delivered.inc(len(enriched))
         for post in enriched:
             # A producer's clock may run ahead of ours; a negative latency is clamped, not recorded.
             metrics.e2e_created.observe(max(0.0, (delivered_ms - post.valid.created_at_ms) / 1000))

@@ -72,14 +72,15 @@ async def replay(
     try:
         with Progress(*columns, disable=not show_progress, transient=False) as progress:
             task = progress.add_task("replay", total=total, rate="")
-            for sent, (key, value) in enumerate(read_records(path, retime), start=1):
-                if limit is not None and sent > limit:
-                    break
+            records = read_records(path, retime)
+            for sent in range(1, total + 1):
                 if rate > 0:
                     # Pace against the schedule, not the previous send, so the mean rate holds.
-                    delay = started + sent / rate - time.monotonic()
+                    delay = started + (sent - 1) / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                # Read (and retime) after the pause, so created_at is the real send time.
+                key, value = next(records)
                 deliveries.append(await producer.send(topic, key=key, value=value))
                 if sent % 100 == 0 or sent == total:
                     elapsed = max(time.monotonic() - started, 1e-9)

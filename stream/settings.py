@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     backend: BackendChoice = Field("auto", description="auto tries TensorRT, then CUDA, then CPU.")
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads; 0 lets ORT choose.")
     tensorrt_cache_dir: Path = REPO_ROOT / ".cache/tensorrt"
+    data_dir: Path = Field(REPO_ROOT / ".cache/faust", description="Faust's local state (one folder per app id).")
 
     # Validation
     max_record_bytes: int = Field(

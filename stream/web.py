@@ -229,6 +229,7 @@ class Summary:
             "time": now,
             "latency_window_s": round(now - baseline[0], 3) if baseline else 0.0,
             "posts_consumed_total": snap.total("socialpulse_posts_consumed_total"),
+            "posts_delivered_total": snap.total("socialpulse_posts_delivered_total"),
             "events_produced_total": snap.total("socialpulse_events_produced_total"),
             "dlq_records_total": snap.total("socialpulse_dlq_records_total"),
             "dlq_by_reason": snap.by_label("socialpulse_dlq_records_total", "reason"),

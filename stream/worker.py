@@ -54,6 +54,8 @@ def create_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         store="memory://",
+        # Faust's per-app data folder; under the cache, not wherever the worker was started.
+        datadir=str(settings.data_dir / "{conf.name}-data"),
     )
 
 
@@ -281,8 +283,9 @@ class LagProbe:
             return {}
         admin, consumer = self._clients
         topic = self._settings.input_topic
-        await consumer.topics()  # refreshes metadata, so new partitions show up
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        # The probe's consumer subscribes to nothing, so its own metadata never holds the input topic.
+        (description,) = await admin.describe_topics([topic])
+        tps = [TopicPartition(topic, p) for p in sorted(part["partition"] for part in description["partitions"])]
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}

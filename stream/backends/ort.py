@@ -61,6 +61,9 @@ class OrtBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
+        # Spinning threads fight the tokenizer and the event loop for the same few cores (measured in
+        # `socialpulse bench` on 2 cores); park them between batches instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
         self.provider: str = self._session.get_providers()[0]
         self.name: str = BACKEND_NAMES.get(self.provider, self.provider)
