@@ -51,12 +51,7 @@ fi
 step "kafka jars"
 deploy/kafka/kafka.sh fetch
 
-# LEAD: drop this guard once `socialpulse models build` has landed; it must then always run.
-if "$VENV/bin/socialpulse" models --help >/dev/null 2>&1; then
-    step "default model"
-    "$VENV/bin/socialpulse" models build
-else
-    step "skipping model build: \`socialpulse models\` is not available yet"
-fi
+step "default model"
+"$VENV/bin/socialpulse" models build
 
 step "done in $((SECONDS - t_start))s; activate with: source .venv/bin/activate"
