@@ -50,7 +50,6 @@ class BuildConfig(msgspec.Struct, frozen=True):
     seed: int = 13
     epochs: int = 3
     max_len: int = 64
-    snippets_per_epoch: int = 0
     regression_weight: float = 1.0
 
 
@@ -161,12 +160,10 @@ def _train_and_export(
         seed=config.seed,
         epochs=config.epochs,
         max_len=config.max_len,
-        snippets_per_epoch=config.snippets_per_epoch,
         regression_weight=config.regression_weight,
     )
     torch.set_num_threads(train_config.threads)
     tweets_train, tweets_test = split_tweets(load_rated("tweets"))
-    snippets = [row for source in train_config.snippet_sources for row in load_rated(source)]  # type: ignore[arg-type]
     tokenizer_file = out_dir / "tokenizer.json"
     _write_tokenizer(encoder_dir() / "tokenizer.json", tokenizer_file)
     train_tokenizer = PostTokenizer(tokenizer_file, train_config.max_len, 0)
@@ -187,7 +184,7 @@ def _train_and_export(
         def on_step(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, loss=loss)
 
-        train_sentiment(model, train_tokenizer, train_config, tweets_train, snippets, on_step)
+        train_sentiment(model, train_tokenizer, train_config, tweets_train, on_step)
     timings["train"] = round(time.perf_counter() - start, 1)
     console.log(f"train: {timings['train']:.1f} s")
 
@@ -249,7 +246,6 @@ def _train_and_export(
             "config": msgspec.to_builtins(train_config),
             "tweets_train": len(tweets_train),
             "tweets_test": len(tweets_test),
-            "snippets_pool": len(snippets),
             "behaviour_train": len(posts),
             "behaviour_head": {
                 "kind": "logistic regression on the embedding output",

@@ -34,18 +34,8 @@ class TrainConfig(msgspec.Struct, frozen=True):
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
-    # Rated snippets (movie, amazon, nyt) sampled afresh each epoch in addition to all train tweets.
-    snippets_per_epoch: int = 0
-    snippet_sources: tuple[str, ...] = ("amazon", "movie", "nyt")
     # Auxiliary loss: regress the mean human rating (/4) from the same pooled vector.
     regression_weight: float = 0.0
-    label_smoothing: float = 0.0
-    # Cross-entropy class weights (n_total / (k * n_class)) ** power: 0 plain, 0.5 softened, 1 balanced.
-    class_weight_power: float = 0.0
-    # Stochastic weight averaging: uniform mean of the weights every `average_every` steps over the last
-    # `average_fraction` of training (0 disables); the averaged weights are what gets exported.
-    average_fraction: float = 0.0
-    average_every: int = 10
     threads: int = 2
 
 
@@ -132,27 +122,18 @@ def length_bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random
     return batches
 
 
-def _epoch_examples(
-    config: TrainConfig, tweets: Sequence[RatedText], snippets: Sequence[RatedText], rng: random.Random
-) -> list[RatedText]:
-    extra = rng.sample(list(snippets), min(config.snippets_per_epoch, len(snippets)))
-    return list(tweets) + extra
-
-
 def train_sentiment(
     model: MultiTaskModel,
     tokenizer: PostTokenizer,
     config: TrainConfig,
     tweets: Sequence[RatedText],
-    snippets: Sequence[RatedText],
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> None:
     """Fine-tune encoder + sentiment head (+ auxiliary rating regression)."""
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     rng = random.Random(config.seed)
-    examples_per_epoch = len(tweets) + min(config.snippets_per_epoch, len(snippets))
-    steps_per_epoch = math.ceil(examples_per_epoch / config.batch_size)
+    steps_per_epoch = math.ceil(len(tweets) / config.batch_size)
     total = steps_per_epoch * config.epochs
     head_params = [*model.sentiment.parameters(), *model.rating.parameters()]
     decay: list[nn.Parameter] = []
@@ -174,20 +155,13 @@ def train_sentiment(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    counts = np.bincount([t.label for t in tweets], minlength=len(SENTIMENT_LABELS)).astype(np.float64)
-    weights = (counts.sum() / (len(counts) * np.maximum(counts, 1.0))) ** config.class_weight_power
-    loss_fn = nn.CrossEntropyLoss(
-        weight=torch.tensor(weights, dtype=torch.float32), label_smoothing=config.label_smoothing
-    )
+    loss_fn = nn.CrossEntropyLoss()
     model.train()
     step = 0
-    averaged: dict[str, torch.Tensor] = {}
-    count = 0
     for _epoch in range(config.epochs):
-        examples = _epoch_examples(config, tweets, snippets, rng)
-        lengths = [len(e.text) for e in examples]
+        lengths = [len(t.text) for t in tweets]
         for batch in length_bucketed_batches(lengths, config.batch_size, rng):
-            rows = [examples[i] for i in batch]
+            rows = [tweets[i] for i in batch]
             input_ids, attention_mask = encode(tokenizer, [r.text for r in rows])
             labels = torch.tensor([r.label for r in rows], dtype=torch.long)
             pooled = model.dropout(model.pooled(input_ids, attention_mask))
@@ -203,29 +177,9 @@ def train_sentiment(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            averaging = config.average_fraction > 0 and step >= total * (1 - config.average_fraction)
-            if averaging and (total - step) % config.average_every == 0:
-                averaged = _accumulate(averaged, model, count)
-                count += 1
             if on_step is not None:
                 on_step(step, total, float(loss.detach()))
-    if count:
-        model.load_state_dict(averaged)
     model.eval()
-
-
-@torch.no_grad()
-def _accumulate(average: dict[str, torch.Tensor], model: nn.Module, count: int) -> dict[str, torch.Tensor]:
-    """Running uniform mean of float parameters and buffers; integer buffers keep their latest value."""
-    current = model.state_dict()
-    if count == 0:
-        return {name: value.detach().clone() for name, value in current.items()}
-    for name, value in current.items():
-        if value.is_floating_point():
-            average[name].mul_(count / (count + 1)).add_(value, alpha=1 / (count + 1))
-        else:
-            average[name].copy_(value)
-    return average
 
 
 @torch.no_grad()

@@ -170,6 +170,12 @@ def test_export_tiny_bert_with_parity(tiny_bert: Path, tmp_path: Path) -> None:
     assert set(manifest.variants) == {"fp32", "fp16", "int8"}
     fp32 = manifest.variants["fp32"].parity
     assert fp32 is not None and fp32.max_abs_diff < 1e-3 and fp32.top_label_agreement == 1.0
+    # Without a GPU the fused graph behind fp16 is still checked, at fp32, on the CPU.
+    export_notes = manifest.metrics["export"]
+    assert isinstance(export_notes, dict)
+    assert export_notes["fp16_fused_operators"]["Attention"] == 2
+    assert export_notes["int8_fp32_matmuls"] == 2  # the two FFN down-projections
+    assert export_notes["fp16_fused_graph_parity_cpu"]["max_abs_diff"] < 1e-3
     for name in manifest.variants:
         verified_variant_path(out, manifest, name)
     _assert_dynamic_opset17(out / manifest.variants["fp32"].file)
