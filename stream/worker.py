@@ -33,6 +33,8 @@ LENGTH_BUCKETS = (16, 32, 64, 128)
 
 
 def create_app(settings: Settings) -> faust.App:
+    # Faust creates its app folder but not the folders above it.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
