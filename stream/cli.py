@@ -26,11 +26,11 @@ def run(loglevel: Annotated[str, typer.Option(help="Faust log level.")] = "info"
     import faust
 
     from stream.metrics import Metrics
-    from stream.worker import build_worker_app, ensure_topics
+    from stream.worker import build_worker_app, changelog_topics, ensure_topics
 
     settings = Settings()
-    asyncio.run(ensure_topics(settings))
     worker_app, _ = build_worker_app(settings, Metrics())
+    asyncio.run(ensure_topics(settings, changelog_topics(worker_app)))
     faust.Worker(worker_app, loglevel=loglevel).execute_from_commandline()
 
 

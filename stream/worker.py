@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
@@ -228,10 +229,12 @@ class PipelineService(Service):
             self._metrics_server.close()
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) -> None:
     """Create the topics the worker reads and writes before Faust subscribes.
 
-    Faust ignores a missing source topic at subscription, and broker auto-create may be off.
+    Faust ignores a missing source topic at subscription, and broker auto-create may be off. Table
+    changelogs (`extra_topics`) are made here too: Faust creates them itself at start, but an agent that
+    writes before the consumer's metadata has caught up sees 0 partitions and crashes (PartitionsMismatch).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
     await admin.start()
@@ -245,6 +248,7 @@ async def ensure_topics(settings: Settings) -> None:
             settings.mentions_topic,
             settings.brand_stats_topic,
             settings.alerts_topic,
+            *extra_topics,
         ]
         missing = [
             NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
@@ -291,6 +295,10 @@ class LagProbe:
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
+
+
+def changelog_topics(app: faust.App) -> list[str]:
+    return [table.changelog_topic_name for table in app.tables.values()]
 
 
 def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, PipelineService]:
