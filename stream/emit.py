@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -25,6 +25,41 @@ def event_id(post_id: str, model_version: str, head: str) -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Labelled(Protocol):
+    """What inference said about a post (the worker's `Enriched`, the backtest's `Classification`)."""
+
+    @property
+    def sentiment(self) -> str: ...
+    @property
+    def sentiment_scores(self) -> dict[str, float]: ...
+    @property
+    def behaviours(self) -> list[str]: ...
+    @property
+    def behaviour_scores(self) -> dict[str, float]: ...
+    @property
+    def embedding(self) -> list[float] | None: ...
+
+
+def build_mention(valid: ValidPost, brand: str, labels: Labelled) -> BrandMention:
+    """One (post, brand) record for the brand monitor; the worker and the backtest build it alike."""
+    post = valid.post
+    return BrandMention(
+        post_id=post.id,
+        brand=brand,
+        text=post.text,
+        created_at=valid.created_at_ms,
+        author_id=post.author.id,
+        followers=post.author.followers,
+        platform=post.platform,
+        language=valid.language,
+        sentiment=labels.sentiment,
+        sentiment_scores=labels.sentiment_scores,
+        behaviours=labels.behaviours,
+        behaviour_scores=labels.behaviour_scores,
+        embedding=labels.embedding,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,21 +146,7 @@ class Emitter:
             (self._topics.behaviour, key, self._encoder.encode(behaviour)),
         ]
         for brand in valid.brands:
-            mention = BrandMention(
-                post_id=post.id,
-                brand=brand,
-                text=post.text,
-                created_at=valid.created_at_ms,
-                author_id=post.author.id,
-                followers=post.author.followers,
-                platform=post.platform,
-                language=valid.language,
-                sentiment=enriched.sentiment,
-                sentiment_scores=enriched.sentiment_scores,
-                behaviours=enriched.behaviours,
-                behaviour_scores=enriched.behaviour_scores,
-                embedding=enriched.embedding,
-            )
+            mention = build_mention(valid, brand, enriched)
             records.append((self._topics.mentions, brand, self._encoder.encode(mention)))
         return records
 

@@ -17,7 +17,7 @@ import msgspec
 from stream.brands.model import Alert, AuthorEscalation, BrandStats, FlaggedMention, Output
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
-from stream.schema import BrandMention
+from stream.emit import build_mention
 from stream.validate import Rejection, SourceRef, ValidPost
 
 
@@ -65,25 +65,6 @@ class BacktestResult(msgspec.Struct):
             "flagged": len(self.flagged),
             "escalations": msgspec.to_builtins(self.escalations),
         }
-
-
-def build_mention(valid: ValidPost, brand: str, classification: Classification) -> BrandMention:
-    post = valid.post
-    return BrandMention(
-        post_id=post.id,
-        brand=brand,
-        text=post.text,
-        created_at=valid.created_at_ms,
-        author_id=post.author.id,
-        followers=post.author.followers,
-        platform=post.platform,
-        language=valid.language,
-        sentiment=classification.sentiment,
-        sentiment_scores=classification.sentiment_scores,
-        behaviours=classification.behaviours,
-        behaviour_scores=classification.behaviour_scores,
-        embedding=classification.embedding,
-    )
 
 
 def run_backtest(

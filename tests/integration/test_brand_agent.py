@@ -15,11 +15,12 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.brands.backtest import Classification, build_mention
+from stream.brands.backtest import Classification
 from stream.brands.model import BrandStats, Output
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.synthetic import Burst, StreamSpec, demo_brands_yaml, load_rated_tweets, synthetic_posts
+from stream.emit import build_mention
 from stream.kafka_local import LocalKafka
 from stream.schema import BrandMention
 from stream.settings import Settings
