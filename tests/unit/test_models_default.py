@@ -127,33 +127,19 @@ def test_eval_json_shape_and_thresholds(eval_report: dict[str, Any]) -> None:
         assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0 and row["support"] > 0
 
 
+# Not strict: a fixed seed gives one number per machine, but CPU kernels differ across machines, and a
+# lucky pass must not fail CI. The XPASS/XFAIL line in every run says where the model stands.
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="known gap: MiniLM-L6 reaches 0.78-0.79 held-out macro-F1 here (seed spread +-1.5); see MODEL_CARD.md",
 )
 def test_sentiment_macro_f1_reaches_issue_target(eval_report: dict[str, Any]) -> None:
     assert eval_report["sentiment"]["macro_f1"] >= 0.80
 
 
-# Issue #2's targets, kept at their real values. Not met reliably yet: held-out macro-F1 measured 0.782 and
-# int8/fp32 agreement 0.989 on the last full build (seed-to-seed spread is about +-1.5 F1 points), so they
-# are expected failures, reported as XFAIL/XPASS on every run, until the recipe clears them.
-@pytest.mark.xfail(reason="issue #2 target: held-out tweet macro-F1 >= 0.80 (measured 0.782)", strict=False)
-def test_sentiment_macro_f1_target(default_model: Path) -> None:
-    report = _eval(default_model)
-    assert report["sentiment"]["macro_f1"] >= 0.80
-
-
-@pytest.mark.xfail(reason="issue #2 target: int8 agrees with fp32 on >= 99% (measured 0.989)", strict=False)
-def test_int8_agreement_target(default_model: Path) -> None:
-    assert _eval(default_model)["int8_vs_fp32"]["top_label_agreement"] >= 0.99
-
-
-def _eval(model_dir: Path) -> dict[str, Any]:
-    result = CliRunner().invoke(models_app, ["eval", "--json", "--model-dir", str(model_dir)])
-    assert result.exit_code == 0, result.output
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
+@pytest.mark.xfail(reason="issue #2 target: int8 agrees with fp32 on >= 99% of the test tweets (measured 0.989)")
+def test_int8_agreement_reaches_issue_target(eval_report: dict[str, Any]) -> None:
+    assert eval_report["int8_vs_fp32"]["top_label_agreement"] >= 0.99
 
 
 def test_second_build_is_instant_and_verified(default_model: Path) -> None:
