@@ -37,7 +37,7 @@ class OnnxClassifier:
         missing = [head.output for head in manifest.heads if head.output not in backend.output_names]
         if missing:
             raise ManifestError(f"{model_dir}: the graph lacks outputs {missing} named in the manifest")
-        self.tokenizer = PostTokenizer(model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+        self.tokenizer = PostTokenizer.for_model(model_dir, manifest)
 
     @classmethod
     def from_dir(

@@ -21,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
+from models.manifest import Manifest
+
 Ticket = TypeVar("Ticket")
 
 
@@ -33,6 +35,11 @@ class PostTokenizer:
         self._tokenizer.enable_truncation(max_length=max_seq_len)
         self.max_seq_len = max_seq_len
         self.pad_token_id = pad_token_id
+
+    @classmethod
+    def for_model(cls, model_dir: Path, manifest: Manifest) -> PostTokenizer:
+        """The tokenizer a manifest names, with its sequence limit and pad id."""
+        return cls(model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
 
     def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """Token ids per text and whether the text was truncated to fit the model."""

@@ -120,7 +120,7 @@ def bench_bare(model: ModelChoice, texts: list[str]) -> BareResult:
 
     settings, manifest = model.settings, model.manifest
     backend = build_backend(settings, manifest)
-    tokenizer = PostTokenizer(settings.model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+    tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
     started = time.perf_counter()
     batches = window_batches(settings, tokenizer, texts)
     tokenize_seconds = time.perf_counter() - started

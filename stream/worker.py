@@ -154,7 +154,7 @@ class PipelineService(Service):
         )
         await self._producer.start()
         await self._lag_probe.start()
-        tokenizer = PostTokenizer(settings.model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+        tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
         batcher: Batcher[Ticket] = Batcher(
             tokenizer,
             max_batch_tokens=settings.max_batch_tokens,
