@@ -43,6 +43,8 @@ class BatchObserver(Protocol):
 @dataclass(frozen=True, slots=True)
 class Ticket:
     valid: ValidPost
+    # The record as consumed: a post the model cannot run is dead-lettered as it arrived, replayable.
+    raw: bytes
     source: SourceRef
     ingested_at_ms: int
     ack: Ack
@@ -94,7 +96,7 @@ class Pipeline:
                 language=result.language,
                 brands=post_brands(result, self._matcher),
             )
-        ticket = Ticket(valid=result, source=source, ingested_at_ms=ingested_at_ms, ack=ack)
+        ticket = Ticket(valid=result, raw=raw or b"", source=source, ingested_at_ms=ingested_at_ms, ack=ack)
         text = result.post.text
         await self._batcher.put(Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text)))
 
@@ -177,7 +179,7 @@ class Pipeline:
             log.exception("post %s failed in inference", job.ticket.valid.post.id)
             self._spawn(
                 self._dead_letter(
-                    job.ticket.valid.post.text.encode(),
+                    job.ticket.raw,
                     RejectReason.INFERENCE_FAILED,
                     repr(error),
                     job.ticket.source,
