@@ -101,6 +101,8 @@ class BrandState(msgspec.Struct):
     recent_hashes: dict[str, int] = msgspec.field(default_factory=dict)
     recent_signatures: list[NearSignature] = msgspec.field(default_factory=list)
     late: int = 0
+    # Event time of the last sweep of this brand's idle authors.
+    authors_swept_at: int = 0
 
 
 class AuthorEvent(msgspec.Struct, array_like=True):

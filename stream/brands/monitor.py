@@ -9,6 +9,7 @@ monitor only reads and writes two mappings, `brands` (brand -> BrandState) and `
 - `advance(now_ms)` closes every window whose end + allowed lateness is at or before `now_ms` (the
   watermark rule) and returns BrandStats for each closed non-empty window plus the alerts it triggered.
   A mention older than its brand's closed windows is late: counted in `BrandState.late`, not aggregated.
+  Every `author_sweep_s` it also forgets the brands' authors with no mention in `author_window_s`.
 
 Detection runs on each closed tumbling window, per brand, against an EWMA baseline (mean, variance) of the
 previous windows: volume (unflagged posts) and negativity (share of negative posts). A metric is anomalous
@@ -89,6 +90,9 @@ class MonitorConfig(BaseSettings):
     rate_window_s: int = Field(300, description="Window for max_author_posts.")
     author_window_s: int = Field(86_400, description="History that counts towards an author's escalation.")
     author_history: int = Field(50, description="Most events kept per (brand, author).")
+    author_sweep_s: int = Field(
+        3600, description="How often (event time) authors with no mention in author_window_s are forgotten."
+    )
     complaints_to_escalate: int = Field(2, description="Complaints in author_window_s: level complaining.")
     complaints_to_churn: int = Field(3, description="Complaints (or a churn_risk post after one): churn_risk.")
 
@@ -274,16 +278,33 @@ class BrandMonitor:
         """Close the windows of `brands` (default: all) that the watermark `now_ms - lateness` has passed."""
         watermark = now_ms - self._lateness_ms
         outputs: list[Output] = []
+        sweep: set[str] = set()
         for brand in list(self.brands) if brands is None else brands:
             state = self.brands.get(brand)
             if state is None:
                 continue
             changed = self._close_tumbling(state, watermark, outputs)
             changed = self._close_hopping(state, watermark, outputs) or changed
+            if watermark - state.authors_swept_at >= self.config.author_sweep_s * 1000:
+                state.authors_swept_at = watermark
+                sweep.add(brand)
+                changed = True
             if changed:
                 self._prune(state)
                 self.brands[brand] = state
+        if sweep:
+            self._forget_idle_authors(sweep, watermark - self.config.author_window_s * 1000)
         return outputs
+
+    def _forget_idle_authors(self, brands: set[str], before_ms: int) -> None:
+        """Drop the histories of `brands`' authors with no mention since `before_ms`: their escalation window has
+        passed, and without this the author table grows with every author ever seen."""
+        for key in list(self.authors):
+            if key.partition(AUTHOR_KEY_SEPARATOR)[0] not in brands:
+                continue
+            author = self.authors.get(key)
+            if author is not None and (not author.events or author.events[-1].created_at < before_ms):
+                del self.authors[key]
 
     def next_close_ms(self, brand: str) -> int | None:
         """The `now_ms` at which `advance` would next close a window of `brand`."""

@@ -154,6 +154,24 @@ def test_churn_label_after_a_complaint_escalates_straight_to_churn_risk() -> Non
     assert escalation.level == "churn_risk"
 
 
+def test_authors_idle_for_the_author_window_are_forgotten_per_brand() -> None:
+    monitor = BrandMonitor(config(author_window_s=3600, author_sweep_s=600))
+    monitor.observe(mention(1, T0, author="old", sentiment="negative", behaviours=("complaint",)))
+    monitor.observe(mention(2, T0, brand="Globex", author="old"))
+    monitor.observe(mention(3, T0 + 50 * MINUTE, author="recent"))
+    monitor.advance(T0 + 55 * MINUTE)
+    assert set(monitor.authors) == {"Acme\x1fold", "Globex\x1fold", "Acme\x1frecent"}, "nothing idle an hour yet"
+    monitor.observe(mention(4, T0 + 70 * MINUTE, author="recent"))
+    monitor.advance(T0 + 71 * MINUTE, ["Acme"])
+    assert set(monitor.authors) == {"Globex\x1fold", "Acme\x1frecent"}, "only the advanced brand is swept"
+    # A returning author starts a fresh history: the old complaint no longer counts towards escalation.
+    outputs = monitor.observe(
+        mention(5, T0 + 72 * MINUTE, author="old", sentiment="negative", behaviours=("complaint",))
+    )
+    assert not [o for o in outputs if isinstance(o, AuthorEscalation)]
+    assert [e.post_id for e in monitor.authors["Acme\x1fold"].events] == ["p5"]
+
+
 def test_a_monitor_restored_from_serialised_state_continues_identically() -> None:
     """What the Faust tables give the worker: state written as JSON mid-window, read by a new process."""
     cfg = MonitorConfig(hop_size_s=180, hop_step_s=60, warmup_windows=3, min_volume=3)
