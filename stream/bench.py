@@ -556,7 +556,7 @@ def report(
                 "sort_window",
                 "pad_multiple",
                 "max_inflight_tokens",
-                "intra_op_threads",
+                "ort_threads",
                 "topic_partitions",
                 "stream_buffer_maxsize",
             )

@@ -81,7 +81,7 @@ def build_backend(settings: Settings, manifest: Manifest) -> OrtBackend:
         manifest,
         backend=settings.backend,
         variant=settings.model_variant,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.ort_threads,
         max_batch_size=settings.max_batch_size,
         tensorrt_cache_dir=settings.tensorrt_cache_dir,
     )
