@@ -62,7 +62,8 @@ def replay(
 
 @app.command()
 def demo(
-    rate: Annotated[float, typer.Option(help="Replay rate, posts per second.")] = 200.0,
+    # About half of what the worker sustains live on 2 cores with a local broker (`socialpulse bench`).
+    rate: Annotated[float, typer.Option(help="Replay rate, posts per second.")] = 100.0,
     malformed: Annotated[float, typer.Option(help="Share of deliberately malformed records.")] = 0.03,
     keep_kafka: Annotated[bool, typer.Option(help="Leave the local broker running afterwards.")] = False,
 ) -> None:

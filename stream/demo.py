@@ -88,8 +88,12 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
         f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets "
         f"({malformed_share:.0%} malformed) -> {posts_file}"
     )
+    app_id = os.environ.get("SOCIALPULSE_APP_ID", "socialpulse-demo")
+    skipped = asyncio.run(skip_unprocessed(settings, app_id))
+    if skipped:
+        console.print(f"skipped {skipped:,} records an earlier demo left unprocessed in {settings.input_topic}")
     env = {
-        "SOCIALPULSE_APP_ID": "socialpulse-demo",
+        "SOCIALPULSE_APP_ID": app_id,
         "SOCIALPULSE_BRANDS_FILE": str(REPO_ROOT / "deploy/brands/demo.yaml"),
         **os.environ,
     }
@@ -130,6 +134,44 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
         worker.wait(timeout=60)
         if not keep_kafka and not was_running:
             kafka.stop()
+
+
+async def skip_unprocessed(settings: Settings, group_id: str) -> int:
+    """Commit the demo group at the end of the input topic; returns the records skipped.
+
+    The demo counts and times the posts it replays itself: records an interrupted earlier demo left
+    unprocessed would be consumed first, counted as this run's, and end the demo before its own posts.
+    Runs before the worker starts, while the group has no members (the broker refuses the commit otherwise).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    options = settings.kafka_client_options
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group_id, enable_auto_commit=False, **options
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        topic = settings.input_topic
+        if topic not in await admin.list_topics():
+            return 0
+        (description,) = await admin.describe_topics([topic])
+        partitions = [TopicPartition(topic, part["partition"]) for part in description["partitions"]]
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+        skipped: int = sum(
+            end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])
+            for tp, end in ends.items()
+        )
+        consumer.assign(partitions)
+        await consumer.commit(dict(ends))
+        return skipped
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 def _accounted(summary: dict[str, Any], baseline: dict[str, Any], total: int) -> bool:
