@@ -52,17 +52,31 @@ class StructTable(MutableMapping[str, T], Generic[T]):
         self._table = table
         self._decoder = msgspec.json.Decoder(type_)
         self._encoder = msgspec.json.Encoder()
+        # key -> (bytes the table held, their struct). Decoding a brand's state on every read took most of
+        # the event loop (py-spy, demo at 100 posts/s). A hit needs the table to still hold the very same
+        # bytes object, so values restored from the changelog are decoded afresh. A hit returns the struct
+        # last written, as a plain dict of structs would (what the backtest runs the monitor on).
+        self._decoded: dict[str, tuple[bytes, T]] = {}
 
     def __getitem__(self, key: str) -> T:
         raw = self._table.get(key.encode())
         if raw is None:
+            self._decoded.pop(key, None)
             raise KeyError(key)
-        return self._decoder.decode(raw)
+        cached = self._decoded.get(key)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        value = self._decoder.decode(raw)
+        self._decoded[key] = (raw, value)
+        return value
 
     def __setitem__(self, key: str, value: T) -> None:
-        self._table[key.encode()] = self._encoder.encode(value)
+        raw = self._encoder.encode(value)
+        self._table[key.encode()] = raw
+        self._decoded[key] = (raw, value)
 
     def __delitem__(self, key: str) -> None:
+        self._decoded.pop(key, None)
         del self._table[key.encode()]
 
     def __iter__(self) -> Iterator[str]:
