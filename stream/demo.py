@@ -143,8 +143,10 @@ async def skip_unprocessed(settings: Settings, group_id: str) -> int:
     unprocessed would be consumed first, counted as this run's, and end the demo before its own posts.
     Runs before the worker starts, while the group has no members (the broker refuses the commit otherwise).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.worker import topic_partitions
 
     options = settings.kafka_client_options
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
@@ -157,8 +159,7 @@ async def skip_unprocessed(settings: Settings, group_id: str) -> int:
         topic = settings.input_topic
         if topic not in await admin.list_topics():
             return 0
-        (description,) = await admin.describe_topics([topic])
-        partitions = [TopicPartition(topic, part["partition"]) for part in description["partitions"]]
+        partitions = await topic_partitions(admin, topic)
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
         committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)

@@ -94,8 +94,9 @@ class Settings(BaseSettings):
     @property
     def ort_threads(self) -> int:
         """ONNX Runtime threads for the worker. By default one core is left to the event loop, tokenizer and
-        producer: with every core in ONNX Runtime, 2 cores shared with a broker ran 57 % faster on a backlog
-        but queued live posts for 1.5 s at 60 % load, against 90 ms with one thread (`socialpulse bench`)."""
+        producer: on 2 cores shared with a broker, every core in ONNX Runtime drained a backlog about 40 %
+        faster but held live posts 1.5-1.9 s at p50 under 60 % load; one thread: 49 ms at 40 % load
+        (`socialpulse bench`)."""
         if self.intra_op_threads > 0:
             return self.intra_op_threads
         return max(1, len(os.sched_getaffinity(0)) - 1)

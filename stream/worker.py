@@ -261,6 +261,12 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
         await admin.close()
 
 
+async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, asked of the cluster: a client subscribed to nothing has no metadata for it."""
+    (description,) = await admin.describe_topics([topic])
+    return [TopicPartition(topic, p) for p in sorted(part["partition"] for part in description["partitions"])]
+
+
 class LagProbe:
     """End offset minus the group's committed offset, per input partition, for the whole group."""
 
@@ -289,9 +295,7 @@ class LagProbe:
             return {}
         admin, consumer = self._clients
         topic = self._settings.input_topic
-        # The probe's consumer subscribes to nothing, so its own metadata never holds the input topic.
-        (description,) = await admin.describe_topics([topic])
-        tps = [TopicPartition(topic, p) for p in sorted(part["partition"] for part in description["partitions"])]
+        tps = await topic_partitions(admin, topic)
         ends = await consumer.end_offsets(tps)
         committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
