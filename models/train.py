@@ -76,9 +76,11 @@ class MultiTaskModel(nn.Module):
         self.rating = nn.Linear(hidden_size, 1)
 
     @classmethod
-    def from_pretrained(cls, path: Path) -> MultiTaskModel:
+    def from_pretrained(cls, path: Path, seed: int) -> MultiTaskModel:
         from transformers import AutoModel
 
+        # The heads start from random weights: without a seed here two builds of one key differed.
+        seed_everything(seed)
         return cls(AutoModel.from_pretrained(str(path)))
 
     def use_eager_attention(self) -> None:
