@@ -31,6 +31,7 @@ import numpy.typing as npt
 import orjson
 import typer
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -357,6 +358,23 @@ async def bench_pipeline(
     finally:
         await reader.stop()
         worker.stop()
+        await delete_run_topics(settings, topics.prefix)
+
+
+async def delete_run_topics(settings: Settings, prefix: str) -> None:
+    """Delete the topics one bench run made: its own and Faust's internal `<prefix>-app-…` ones.
+
+    Each run names its topics afresh, so they would pile up on a user's cluster; the development broker
+    here had gathered about 800 partitions from earlier runs.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
+    await admin.start()
+    try:
+        stale = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if stale:
+            await admin.delete_topics(stale)
+    finally:
+        await admin.close()
 
 
 # (c) the naive baseline
@@ -429,6 +447,7 @@ async def bench_naive(
     finally:
         await reader.stop()
         worker.stop()
+        await delete_run_topics(settings, topics.prefix)
 
 
 def naive_worker(
