@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,12 +26,21 @@ from aiokafka.structs import ConsumerRecord
 from stream.sample_posts import LabelledRecord
 from stream.settings import REPO_ROOT
 
+# Below Linux's ephemeral range (32768+). A port the kernel hands out for bind(0) is released before the
+# worker binds it, and any outgoing connection (dozens per worker, to Kafka) may take it meanwhile: that
+# failed a two-worker test with EADDRINUSE.
+_LISTEN_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for port in random.sample(_LISTEN_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS}")
 
 
 @dataclass
