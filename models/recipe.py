@@ -41,7 +41,7 @@ class BuildConfig(msgspec.Struct, frozen=True):
     # Added to the neutral logit after training and exported in the graph. Cross-entropy's argmax
     # under-predicts the minority neutral class (recall 0.50 in cross-validation), which macro-F1 punishes;
     # +0.7 was best, on a plateau from +0.5 to +1.1, in 4-fold CV on the training tweets for four
-    # training variants (scripts/sentiment_cv.py). The test tweets played no part in choosing it.
+    # training variants (`socialpulse models cv`). The test tweets played no part in choosing it.
     neutral_logit_offset: float = 0.7
 
     def train_config(self) -> TrainConfig:

@@ -31,7 +31,6 @@ import numpy.typing as npt
 import orjson
 import typer
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -367,14 +366,12 @@ async def delete_run_topics(settings: Settings, prefix: str) -> None:
     Each run names its topics afresh, so they would pile up on a user's cluster; the development broker
     here had gathered about 800 partitions from earlier runs.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
-    await admin.start()
-    try:
+    from stream.worker import kafka_admin
+
+    async with kafka_admin(settings) as admin:
         stale = [name for name in await admin.list_topics() if name.startswith(prefix)]
         if stale:
             await admin.delete_topics(stale)
-    finally:
-        await admin.close()
 
 
 # (c) the naive baseline

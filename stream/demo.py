@@ -144,35 +144,34 @@ async def skip_unprocessed(settings: Settings, group_id: str) -> int:
     Runs before the worker starts, while the group has no members (the broker refuses the commit otherwise).
     """
     from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    from stream.worker import topic_partitions
+    from stream.worker import kafka_admin, topic_partitions
 
-    options = settings.kafka_client_options
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group_id, enable_auto_commit=False, **options
-    )
-    await admin.start()
-    await consumer.start()
-    try:
+    async with kafka_admin(settings) as admin:
         topic = settings.input_topic
         if topic not in await admin.list_topics():
             return 0
         partitions = await topic_partitions(admin, topic)
-        ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
-        skipped: int = sum(
-            end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])
-            for tp, end in ends.items()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            **settings.kafka_client_options,
         )
-        consumer.assign(partitions)
-        await consumer.commit(dict(ends))
-        return skipped
-    finally:
-        await consumer.stop()
-        await admin.close()
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(partitions)
+            starts = await consumer.beginning_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+            skipped: int = sum(
+                end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else starts[tp])
+                for tp, end in ends.items()
+            )
+            consumer.assign(partitions)
+            await consumer.commit(dict(ends))
+            return skipped
+        finally:
+            await consumer.stop()
 
 
 def _accounted(summary: dict[str, Any], baseline: dict[str, Any], total: int) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import faust
@@ -236,9 +237,7 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
     changelogs (`extra_topics`) are made here too: Faust creates them itself at start, but an agent that
     writes before the consumer's metadata has caught up sees 0 partitions and crashes (PartitionsMismatch).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
-    await admin.start()
-    try:
+    async with kafka_admin(settings) as admin:
         existing = set(await admin.list_topics())
         wanted = [
             settings.input_topic,
@@ -257,6 +256,15 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
         ]
         if missing:
             await admin.create_topics(missing)
+
+
+@asynccontextmanager
+async def kafka_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client for the configured cluster, closed on exit."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
+    await admin.start()
+    try:
+        yield admin
     finally:
         await admin.close()
 

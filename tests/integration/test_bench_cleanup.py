@@ -14,10 +14,14 @@ from stream.settings import Settings
 from stream.worker import ensure_topics
 
 
+def _changelog(topics: Topics) -> str:
+    """A Faust table changelog of the run's app, as the brand monitor makes one."""
+    return f"{topics.fields()['app_id']}-brand-monitor-state-changelog"
+
+
 def _made_by(topics: Topics) -> set[str]:
-    fields = topics.fields()
-    names = {value for key, value in fields.items() if key.endswith("_topic")}
-    return names | {f"{fields['app_id']}-brand-monitor-state-changelog"}
+    names = {value for key, value in topics.fields().items() if key.endswith("_topic")}
+    return names | {_changelog(topics)}
 
 
 async def _listed_once(admin: AIOKafkaAdminClient, settled: Callable[[set[str]], bool]) -> set[str]:
@@ -34,8 +38,7 @@ async def test_delete_run_topics_removes_only_that_run(kafka: LocalKafka, kafka_
     settings = Settings(kafka_bootstrap=kafka.bootstrap)
     run, neighbour = Topics(), Topics()
     for topics in (run, neighbour):
-        changelog = f"{topics.fields()['app_id']}-brand-monitor-state-changelog"
-        await ensure_topics(settings.model_copy(update=topics.fields()), [changelog])
+        await ensure_topics(settings.model_copy(update=topics.fields()), [_changelog(topics)])
     everything = _made_by(run) | _made_by(neighbour)
     assert everything <= await _listed_once(kafka_admin, lambda listed: everything <= listed)
 
