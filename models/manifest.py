@@ -16,10 +16,26 @@ MANIFEST_FILE = "manifest.json"
 
 Activation = Literal["softmax", "sigmoid"]
 VariantName = Literal["fp32", "fp16", "int8"]
+# vaderSentiment 3.3.2's polarity_scores.
+LexiconName = Literal["vader"]
 
 
 class ManifestError(RuntimeError):
     """The manifest is missing, malformed, or disagrees with the files beside it."""
+
+
+class LexiconFusion(msgspec.Struct, frozen=True):
+    """Re-weights a softmax head's logits with a sentiment lexicon's scores of the same text.
+
+    final logits = weight @ [graph logits..., lexicon features...] + bias: a logistic regression stacked
+    on out-of-fold logits (models.fusion), computed by the runtime after the graph runs.
+    """
+
+    lexicon: LexiconName
+    # Names of the lexicon scores appended to the graph's logits, in column order.
+    features: list[str]
+    weight: list[list[float]]
+    bias: list[float]
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -31,6 +47,18 @@ class Head(msgspec.Struct, frozen=True):
     labels: list[str]
     # Per-label decision thresholds for sigmoid heads; labels absent here use 0.5.
     thresholds: dict[str, float] = msgspec.field(default_factory=dict)
+    fusion: LexiconFusion | None = None
+
+    def __post_init__(self) -> None:
+        fusion = self.fusion
+        if fusion is None:
+            return
+        if self.activation != "softmax":
+            raise ValueError(f"head {self.name}: lexicon fusion needs a softmax head")
+        width = len(self.labels) + len(fusion.features)
+        rows = len(self.labels)
+        if len(fusion.bias) != rows or len(fusion.weight) != rows or any(len(row) != width for row in fusion.weight):
+            raise ValueError(f"head {self.name}: fusion weight must be {rows}x{width} with {rows} biases")
 
 
 class Parity(msgspec.Struct, frozen=True):

@@ -73,4 +73,4 @@ class OnnxClassifier:
     def classify(self, texts: Sequence[str], batch_size: int = 64) -> list[Prediction]:
         if not texts:
             return []
-        return decode_outputs(self.manifest, self.raw(texts, batch_size))
+        return decode_outputs(self.manifest, self.raw(texts, batch_size), texts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy.typing as npt
 
 from models.manifest import Head, Manifest
 from stream.backends.base import InferenceBackend, Outputs
+from stream.lexicon import lexicon_features
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -39,9 +41,21 @@ def sigmoid(logits: FloatArray) -> FloatArray:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def decode_head(head: Head, logits: FloatArray) -> list[HeadResult]:
+def head_logits(head: Head, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
+    """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores."""
+    fusion = head.fusion
+    if fusion is None:
+        return logits
+    features = np.hstack([logits, lexicon_features(fusion.lexicon, fusion.features, texts)])
+    fused: FloatArray = (
+        features @ np.asarray(fusion.weight, dtype=np.float32).T + np.asarray(fusion.bias, dtype=np.float32)
+    ).astype(np.float32)
+    return fused
+
+
+def decode_head(head: Head, logits: FloatArray, texts: Sequence[str]) -> list[HeadResult]:
     if head.activation == "softmax":
-        probabilities = softmax(logits)
+        probabilities = softmax(head_logits(head, logits, texts))
         top = probabilities.argmax(axis=-1)
         return [
             HeadResult(scores=_rounded(head.labels, row), labels=[head.labels[int(index)]])
@@ -58,8 +72,9 @@ def decode_head(head: Head, logits: FloatArray) -> list[HeadResult]:
     ]
 
 
-def decode_outputs(manifest: Manifest, outputs: Outputs) -> list[Prediction]:
-    per_head = {head.name: decode_head(head, outputs[head.output]) for head in manifest.heads}
+def decode_outputs(manifest: Manifest, outputs: Outputs, texts: Sequence[str]) -> list[Prediction]:
+    """Per-text predictions from the graph's outputs for texts (the same texts, in the same order)."""
+    per_head = {head.name: decode_head(head, outputs[head.output], texts) for head in manifest.heads}
     batch = len(next(iter(per_head.values())))
     embeddings = outputs.get(manifest.embedding_output) if manifest.embedding_output else None
     return [
@@ -76,8 +91,9 @@ def predict(
     manifest: Manifest,
     input_ids: npt.NDArray[np.int64],
     attention_mask: npt.NDArray[np.int64],
+    texts: Sequence[str],
 ) -> list[Prediction]:
-    return decode_outputs(manifest, backend.run(input_ids, attention_mask))
+    return decode_outputs(manifest, backend.run(input_ids, attention_mask), texts)
 
 
 def _rounded(labels: list[str], row: FloatArray) -> dict[str, float]:

@@ -152,7 +152,13 @@ class Pipeline:
         started = time.perf_counter()
         try:
             return await loop.run_in_executor(
-                self._inference_thread, predict, self._backend, self._manifest, batch.input_ids, batch.attention_mask
+                self._inference_thread,
+                predict,
+                self._backend,
+                self._manifest,
+                batch.input_ids,
+                batch.attention_mask,
+                [job.text for job in batch.jobs],
             )
         finally:
             elapsed = time.perf_counter() - started
