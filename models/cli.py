@@ -59,10 +59,9 @@ def cross_validate(
     if as_json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
         return
-    typer.echo(f"macro-F1 per fold (no offset): {report['fold_macro_f1']}")
-    for offset, score in report["macro_f1_by_neutral_offset"].items():
-        typer.echo(f"neutral offset {offset:>4}: mean macro-F1 {score:.4f}")
-    typer.echo(f"best neutral offset: {report['best_neutral_offset']}")
+    for name, title in (("graph_only_macro_f1", "graph logits alone"), ("fused_macro_f1", "with lexicon fusion")):
+        scores = report[name]
+        typer.echo(f"{title:>20}: mean macro-F1 {scores['mean']:.4f}, per fold {scores['per_fold']}")
 
 
 @app.command()
@@ -116,6 +115,12 @@ def evaluate(
         f"sentiment (fp32, {sentiment['test_size']} held-out tweets): accuracy {sentiment['accuracy']:.3f}, "
         f"macro-F1 {sentiment['macro_f1']:.3f}; VADER {vader['accuracy']:.3f} / {vader['macro_f1']:.3f}"
     )
+    if "sentiment_graph_only" in report:
+        graph_only = report["sentiment_graph_only"]
+        typer.echo(
+            f"  without the lexicon fusion: accuracy {graph_only['accuracy']:.3f}, "
+            f"macro-F1 {graph_only['macro_f1']:.3f}"
+        )
     if "int8_vs_fp32" in report:
         typer.echo(f"int8 vs fp32 top-label agreement: {report['int8_vs_fp32']['top_label_agreement']:.2%}")
     for label, row in report["behaviour"].items():

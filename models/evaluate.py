@@ -15,6 +15,7 @@ from models.behaviour import BEHAVIOUR_LABELS, load_behaviour
 from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, load_rated, split_tweets
 from models.heads import precision_recall
 from models.runtime import OnnxClassifier
+from stream.infer import head_logits
 
 # VADER's documented decision rule on the compound score.
 VADER_THRESHOLD = 0.05
@@ -72,6 +73,9 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
     outputs: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
     classifier = OnnxClassifier.from_dir(model_dir, "fp32", backend="cpu", threads=threads)
     manifest = classifier.manifest
+    sentiment_head = manifest.head("sentiment")
+    if sentiment_head is None:
+        raise ValueError(f"{model_dir}: evaluation needs a model with a sentiment head")
     variants = [v for v in ("fp32", "int8") if v in manifest.variants]
     for variant in variants:
         if variant != "fp32":
@@ -79,11 +83,20 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
         outputs[variant] = classifier.raw(texts)
         behaviour_scores = 1.0 / (1.0 + np.exp(-classifier.raw(post_texts)["behaviour_logits"]))
         outputs[variant]["behaviour_scores"] = behaviour_scores.astype(np.float32)
-        predicted = outputs[variant]["sentiment_logits"].argmax(-1).tolist()
+        graph_logits = outputs[variant]["sentiment_logits"]
+        # What the processor serves: the graph's logits through the head's fusion, when it has one.
+        outputs[variant]["sentiment_served"] = head_logits(sentiment_head, graph_logits, texts)
+        predicted = outputs[variant]["sentiment_served"].argmax(-1).tolist()
         results["sentiment" if variant == "fp32" else f"sentiment_{variant}"] = {
             **classification_report(truth, predicted, SENTIMENT_LABELS),
             "variant": variant,
         }
+        if sentiment_head.fusion is not None and variant == "fp32":
+            results["sentiment_graph_only"] = {
+                **classification_report(truth, graph_logits.argmax(-1).tolist(), SENTIMENT_LABELS),
+                "variant": variant,
+                "note": "the graph's logits without the lexicon fusion",
+            }
 
     head = manifest.head("behaviour")
     thresholds = head.thresholds if head else {}
@@ -102,8 +115,8 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
         results["sentiment"]["macro_f1"] - results["vader"]["macro_f1"], 4
     )
     if "int8" in outputs:
-        fp32_top = outputs["fp32"]["sentiment_logits"].argmax(-1)
-        int8_top = outputs["int8"]["sentiment_logits"].argmax(-1)
+        fp32_top = outputs["fp32"]["sentiment_served"].argmax(-1)
+        int8_top = outputs["int8"]["sentiment_served"].argmax(-1)
         flags = [
             outputs[v]["behaviour_scores"] >= np.asarray([thresholds.get(x, 0.5) for x in BEHAVIOUR_LABELS])
             for v in ("fp32", "int8")
