@@ -211,9 +211,13 @@ def down_projections(model: onnx.ModelProto) -> list[str]:
 def make_int8(fp32_path: Path, out_path: Path) -> int:
     """Dynamic int8 quantisation for CPU (weights ahead of time, activations per batch at run time).
 
-    Everything is int8 except the FFN down-projections, which stay fp32: on MiniLM that costs 10 MB and a
+    Every MatMul is int8 except the FFN down-projections, which stay fp32: on MiniLM that costs 10 MB and a
     third of the encoder's MatMul work, and cuts the embedding error against fp32 (1 - cos) from 0.0035
-    to 0.0011 on top of the input smoothing. Returns how many MatMuls were left in fp32.
+    to 0.0011 on top of the input smoothing. The embedding tables stay fp32 too: quantize_dynamic would
+    store them as per-tensor uint8 and dequantize the whole word table on every run. Keeping them costs
+    36 MB of file and no compute; on 3,000 rated snippets the model never trained on it halved the
+    embedding error again and took sentiment top-label agreement with fp32 from 98.8 % to 99.5 %.
+    Returns how many MatMuls were left in fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -224,7 +228,12 @@ def make_int8(fp32_path: Path, out_path: Path) -> int:
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     keep_fp32 = down_projections(onnx.load(str(prepared)))
     quantize_dynamic(
-        str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_fp32
+        str(prepared),
+        str(out_path),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=keep_fp32,
     )
     prepared.unlink()
     onnx.checker.check_model(onnx.load(str(out_path)))
