@@ -32,11 +32,10 @@ from sklearn.model_selection import StratifiedKFold
 
 from models.data import SENTIMENT_LABELS, RatedText, load_rated, split_tweets
 from models.fusion import fit_fusion
-from models.manifest import Head
 from models.recipe import MAX_SEQ_LEN, BuildConfig, write_tokenizer
 from models.train import MultiTaskModel, encoder_dir, predict, train_sentiment
 from stream.batch import PostTokenizer
-from stream.infer import head_logits
+from stream.infer import fused_logits
 
 
 def fold_indices(labels: Sequence[int], folds: int, seed: int) -> list[NDArray[np.int64]]:
@@ -89,10 +88,8 @@ def cross_validate(config: BuildConfig, folds: int, console: Console) -> dict[st
     for held in fold_indices(labels.tolist(), folds, config.seed):
         rest = np.setdiff1d(np.arange(len(tweets)), held)
         fusion = fit_fusion(logits[rest], [texts[i] for i in rest], labels[rest].tolist())
-        head = Head(name="sentiment", output="", activation="softmax", labels=list(SENTIMENT_LABELS), fusion=fusion)
-        held_texts = [texts[i] for i in held]
         graph_only.append(_macro_f1(labels[held], logits[held]))
-        fused.append(_macro_f1(labels[held], head_logits(head, logits[held], held_texts)))
+        fused.append(_macro_f1(labels[held], fused_logits(fusion, logits[held], [texts[i] for i in held])))
     return {
         "folds": folds,
         "train_tweets": len(tweets),

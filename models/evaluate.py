@@ -16,6 +16,7 @@ from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, 
 from models.heads import precision_recall
 from models.runtime import OnnxClassifier
 from stream.infer import head_logits
+from stream.lexicon import lexicon_features
 
 # VADER's documented decision rule on the compound score.
 VADER_THRESHOLD = 0.05
@@ -47,13 +48,8 @@ def classification_report(truth: Sequence[int], predicted: Sequence[int], labels
 
 
 def vader_predictions(texts: Sequence[str]) -> list[int]:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    labels = []
-    for text in texts:
-        compound = analyzer.polarity_scores(text)["compound"]
-        labels.append(2 if compound >= VADER_THRESHOLD else 0 if compound <= -VADER_THRESHOLD else 1)
+    compound = lexicon_features(["compound"], texts)[:, 0]
+    labels: list[int] = np.where(compound >= VADER_THRESHOLD, 2, np.where(compound <= -VADER_THRESHOLD, 0, 1)).tolist()
     return labels
 
 

@@ -24,7 +24,7 @@ FUSION_C = 1.0
 
 def fit_fusion(logits: NDArray[np.float32], texts: Sequence[str], labels: Sequence[int]) -> LexiconFusion:
     """Class-balanced (macro-F1 weighs the small neutral class equally) fit on out-of-fold logits."""
-    features = np.hstack([logits, lexicon_features("vader", VADER_FEATURES, texts)]).astype(np.float64)
+    features = np.hstack([logits, lexicon_features(VADER_FEATURES, texts)]).astype(np.float64)
     model = LogisticRegression(C=FUSION_C, class_weight="balanced", max_iter=5000)
     model.fit(features, np.asarray(labels))
     return LexiconFusion(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import Head, Manifest
+from models.manifest import Head, LexiconFusion, Manifest
 from stream.backends.base import InferenceBackend, Outputs
 from stream.lexicon import lexicon_features
 
@@ -43,10 +43,11 @@ def sigmoid(logits: FloatArray) -> FloatArray:
 
 def head_logits(head: Head, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
     """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores."""
-    fusion = head.fusion
-    if fusion is None:
-        return logits
-    features = np.hstack([logits, lexicon_features(fusion.lexicon, fusion.features, texts)])
+    return logits if head.fusion is None else fused_logits(head.fusion, logits, texts)
+
+
+def fused_logits(fusion: LexiconFusion, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
+    features = np.hstack([logits, lexicon_features(fusion.features, texts)])
     fused: FloatArray = (
         features @ np.asarray(fusion.weight, dtype=np.float32).T + np.asarray(fusion.bias, dtype=np.float32)
     ).astype(np.float32)

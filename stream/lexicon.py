@@ -13,8 +13,6 @@ import numpy as np
 import numpy.typing as npt
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from models.manifest import LexiconName
-
 FloatArray = npt.NDArray[np.float32]
 
 VADER_FEATURES = ("neg", "neu", "pos", "compound")
@@ -30,8 +28,8 @@ def _vader() -> SentimentIntensityAnalyzer:
     return SentimentIntensityAnalyzer()
 
 
-def lexicon_features(lexicon: LexiconName, features: Sequence[str], texts: Sequence[str]) -> FloatArray:
-    """[len(texts), len(features)] lexicon scores, in the order features names them."""
+def lexicon_features(features: Sequence[str], texts: Sequence[str]) -> FloatArray:
+    """[len(texts), len(features)] VADER scores (the manifest's only lexicon), in the order features names them."""
     analyzer = _vader()
     rows = [analyzer.polarity_scores(text[:LEXICON_MAX_CHARS]) for text in texts]
     return np.asarray([[row[name] for name in features] for row in rows], dtype=np.float32).reshape(

@@ -29,7 +29,7 @@ def _sentiment_head(fusion: LexiconFusion | None) -> Head:
 
 def test_lexicon_features_follow_the_named_order() -> None:
     texts = ["I love this, it is wonderful!", "This is terrible. I hate it.", ""]
-    features = lexicon_features("vader", ["compound", "pos"], texts)
+    features = lexicon_features(["compound", "pos"], texts)
     assert features.shape == (3, 2) and features.dtype == np.float32
     assert features[0, 0] > 0.5 and features[0, 1] > 0.3
     assert features[1, 0] < -0.5 and features[1, 1] == 0.0
@@ -110,6 +110,6 @@ def test_lexicon_reads_no_further_than_the_graph() -> None:
     opening = "I love this, it is wonderful! "
     # Past the cap, a wall of negative words must neither change the scores nor cost quadratic time.
     long_text = opening + "x " * 300 + "terrible awful hate " * 2000
-    capped = lexicon_features("vader", VADER_FEATURES, [long_text[:LEXICON_MAX_CHARS]])
-    assert lexicon_features("vader", VADER_FEATURES, [long_text]).tolist() == capped.tolist()
+    capped = lexicon_features(VADER_FEATURES, [long_text[:LEXICON_MAX_CHARS]])
+    assert lexicon_features(VADER_FEATURES, [long_text]).tolist() == capped.tolist()
     assert capped[0, 3] > 0.5
