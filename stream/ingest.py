@@ -10,7 +10,9 @@ after a rebalance.
 So the stream is `noack()`, and commits come from an `OffsetSequencer`: per partition, the records in
 delivery order; a record is done when every output produced from it is acknowledged by Kafka, and the
 committable offset is one past the longest done prefix. Faust's consumer is subclassed to ask the
-sequencer instead of its own ack lists.
+sequencer instead of its own ack lists, for the input topic only: the brand monitor's agent (same app,
+same consumer) handles its mentions one at a time in offset order and keeps Faust's rule, under which
+Faust flushes the producer (its outputs and table writes) before it commits.
 """
 
 from __future__ import annotations
@@ -73,11 +75,15 @@ class OffsetSequencer:
             self._committable.pop(tp, None)
 
 
-def sequenced_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokafka.Transport:
-    """Faust's aiokafka transport with commits decided by `sequencer`."""
+def sequenced_transport(app: faust.App, sequencer: OffsetSequencer, topic: str) -> faust_aiokafka.Transport:
+    """Faust's aiokafka transport with the commits of `topic` decided by `sequencer`."""
 
     class SequencedConsumer(faust_aiokafka.Consumer):
         def _new_offset(self, tp: TP) -> int | None:
+            if tp.topic != topic:
+                # The sequencer tracks no other topic: answering for one would never commit it, and every
+                # restart would re-read it from the start of its retention.
+                return super()._new_offset(tp)
             # Faust's ack lists are still fed (sensors, unacked tracking) but no longer decide; drop them
             # so they do not grow.
             self._acked.pop(tp, None)
@@ -102,7 +108,7 @@ def sequenced_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aio
 def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable[[], Awaitable[Pipeline]]) -> Any:
     sequencer = OffsetSequencer()
     # Must be set before anything builds the default transport (declaring a topic does).
-    app.transport = sequenced_transport(app, sequencer)
+    app.transport = sequenced_transport(app, sequencer, settings.input_topic)
     topic = app.topic(
         settings.input_topic,
         key_serializer="raw",

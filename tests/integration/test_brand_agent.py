@@ -1,5 +1,6 @@
 """The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted ends with the same
-window aggregates as the same mentions run uninterrupted through BrandMonitor (what the backtest runs)."""
+window aggregates as the same mentions run uninterrupted through BrandMonitor (what the backtest runs); and
+inside the full worker, beside ingest, it commits the mentions it has handled."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.synthetic import Burst, StreamSpec, demo_brands_yaml, load_rated_tweets, synthetic_posts
 from stream.emit import build_mention
 from stream.kafka_local import LocalKafka
+from stream.sample_posts import labelled_stream, load_tweet_texts
 from stream.schema import BrandMention
 from stream.settings import Settings
 from stream.validate import SourceRef, ValidPost
-from stream.worker import build_validator
-from tests.integration.harness import REPO_ROOT, Topics, free_port
+from stream.worker import build_validator, topic_partitions
+from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, free_port, read_outputs
+from tests.integration.harness import produce as produce_posts
 
 MINUTE = 60_000
 OutputUnion = msgspec.json.Decoder(Output)
@@ -163,3 +166,49 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert set(found) == set(expected), tail
     assert found == expected, tail
+
+
+async def wait_for_commits(
+    bootstrap: str, group: str, topic: str, timeout: float
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(end offsets now, the group's committed offsets once they reach those ends or the timeout passes)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = await topic_partitions(admin, topic)
+        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        committed: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            committed = {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+            if all(committed.get(p, 0) >= end for p, end in ends.items()):
+                break
+            await asyncio.sleep(0.5)
+        return ends, committed
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+def test_the_full_worker_commits_the_mentions_it_has_handled(kafka: LocalKafka, tmp_path: Path) -> None:
+    # Ingest's commit rule once answered for every partition of the shared consumer, and never committed
+    # the mentions topic: each restart re-read every retained mention, which slowed long-lived setups.
+    topics = Topics()
+    records = labelled_stream(load_tweet_texts(), 300, malformed_share=0.0, seed=5)
+    brands_file = str(REPO_ROOT / "deploy/brands/demo.yaml")
+    worker = WorkerProcess(kafka.bootstrap, topics, tmp_path, "worker", SOCIALPULSE_BRANDS_FILE=brands_file).start()
+    try:
+        worker.wait_ready()
+        asyncio.run(produce_posts(kafka.bootstrap, topics.posts, records))
+        asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=300))
+        fields = topics.fields()
+        ends, committed = asyncio.run(
+            wait_for_commits(kafka.bootstrap, fields["app_id"], fields["mentions_topic"], timeout=30)
+        )
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    assert sum(ends.values()) > 0, "the posts mention no brand: nothing was tested"
+    assert all(committed.get(p, 0) >= end for p, end in ends.items()), (ends, committed, worker.log_tail())
