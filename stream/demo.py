@@ -131,7 +131,12 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
         return summary or {}
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # A worker left running would hold the demo's group and ports, and fail the next demo.
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
         if not keep_kafka and not was_running:
             kafka.stop()
 
