@@ -174,7 +174,10 @@ class BrandAgents:
         authors = StructTable(self.author_table, AuthorState)
         self.monitor = BrandMonitor(config, states, authors)
         self.index: StructTable[list[str]] = StructTable(self.index_table, list[str])
-        self.tables: tuple[StructTable[Any], ...] = (states, authors, self.index)
+        # Flushed in this order: a brand's state marks its mentions seen, so a redelivered mention is skipped;
+        # the author histories it updated go first (they skip a post they hold), else a worker killed between
+        # the two would restart with the mention seen and missing from its author's history.
+        self.tables: tuple[StructTable[Any], ...] = (authors, self.index, states)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
