@@ -142,6 +142,7 @@ def build(config: BuildConfig | None = None, force: bool = False, console: Conso
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
+        check_int8_portable(work_dir, metrics)
         timings["total"] = round(time.perf_counter() - started, 1)
         _write_final_manifest(work_dir, metrics, timings)
         if final_dir.exists():
@@ -150,6 +151,23 @@ def build(config: BuildConfig | None = None, force: bool = False, console: Conso
         point_default_at(final_dir)
     console.log(f"built {MODEL_NAME} {key} in {timings['total']:.0f} s: {final_dir}")
     return final_dir
+
+
+class BuildError(RuntimeError):
+    """A build produced artifacts that must not be published."""
+
+
+def check_int8_portable(build_dir: Path, metrics: dict[str, Any]) -> None:
+    """Refuse an int8 graph whose products could saturate on CPUs without VNNI (models/saturation.py)."""
+    from models.saturation import INT16_MAX, max_pair_peak
+
+    manifest = load_manifest(build_dir)
+    if "int8" not in manifest.variants:
+        return
+    peak = max_pair_peak(build_dir / manifest.variants["int8"].file)
+    if peak > INT16_MAX:
+        raise BuildError(f"int8 weight pairs reach {peak} > {INT16_MAX}: labels would differ on CPUs without VNNI")
+    metrics.setdefault("export", {})["int8_max_pair_sum"] = {"value": peak, "limit": INT16_MAX}
 
 
 def _write_final_manifest(build_dir: Path, metrics: dict[str, Any], timings: dict[str, float]) -> None:

@@ -15,6 +15,7 @@ from models.behaviour import BEHAVIOUR_LABELS, load_behaviour
 from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, load_rated, split_tweets
 from models.heads import precision_recall
 from models.runtime import OnnxClassifier
+from stream.backends.cpu import cpu_features
 from stream.infer import head_logits
 from stream.lexicon import lexicon_features
 
@@ -128,4 +129,6 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
     results["test_sizes"] = {"tweets": len(tweets), "behaviour": len(posts)}
     results["split"] = {"seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "stratified_by": "label"}
     results["model"] = {"name": manifest.name, "version": manifest.version, "variants": variants}
+    # int8 arithmetic (and so int8_vs_fp32) can depend on these: models/saturation.py.
+    results["cpu"] = cpu_features()
     return results

@@ -18,7 +18,6 @@ import pytest
 from typer.testing import CliRunner
 
 from models.cli import app as models_app
-from models.paths import default_model_dir
 
 pytestmark = pytest.mark.default_model
 
@@ -45,14 +44,6 @@ POSTS = [
     {"id": 5, "text": "Price went up again and the app keeps crashing. Cancelling my subscription and switching."},
     {"id": 6, "text": "Das Essen war heute wirklich ausgezeichnet, vielen Dank an das ganze Team!"},
 ]
-
-
-@pytest.fixture(scope="session")
-def default_model() -> Path:
-    from models.build import build
-
-    build()
-    return default_model_dir()
 
 
 def _classify(model_dir: Path, lines: list[str], *args: str) -> list[dict[str, Any]]:
