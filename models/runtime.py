@@ -13,8 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.manifest import Manifest, ManifestError, load_manifest
-from stream.backends.base import Outputs
-from stream.backends.ort import OrtBackend
+from stream.backends.base import InferenceBackend, Outputs
 from stream.backends.select import select_backend
 from stream.batch import PostTokenizer, pad
 from stream.infer import Prediction, decode_outputs
@@ -30,7 +29,7 @@ def encode(tokenizer: PostTokenizer, texts: Sequence[str]) -> tuple[IntArray, In
 class OnnxClassifier:
     """A manifest-verified model (sha256 checked on load) ready to classify batches of texts."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, backend: OrtBackend) -> None:
+    def __init__(self, model_dir: Path, manifest: Manifest, backend: InferenceBackend) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.backend = backend

@@ -85,15 +85,21 @@ def demo(
 def bench(
     posts: Annotated[int, typer.Option(help="Backlog of real tweets for bare ORT and the pipeline drain.")] = 4_200,
     latency_posts: Annotated[int, typer.Option(help="Posts replayed live for end-to-end latency.")] = 1_500,
-    latency_load: Annotated[float, typer.Option(help="Latency replay rate, as a share of the drain rate.")] = 0.6,
+    latency_load: Annotated[float, typer.Option(help="Latency replay rate, as a share of the drain rate.")] = 0.5,
     naive_posts: Annotated[int, typer.Option(help="Posts through the naive per-message baseline.")] = 300,
     variant: Annotated[str, typer.Option(help="Model variant (falls back to fp32 if the manifest lacks it).")] = "int8",
+    ceiling_posts: Annotated[
+        int, typer.Option(help="Backlog drained with the null backend (the pipeline's own ceiling); 0 skips it.")
+    ] = 20_000,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Record the ceiling worker with py-spy; summary in the output.")
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Pipeline vs bare ONNX Runtime vs a naive transformers-per-message Faust agent, in one run."""
     from stream.bench import main as run_bench
 
-    run_bench(posts, latency_posts, latency_load, naive_posts, variant, as_json=json)
+    run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile, as_json=json)
 
 
 def main() -> None:

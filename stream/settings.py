@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-BackendChoice = Literal["auto", "cpu", "cuda", "tensorrt"]
+BackendChoice = Literal["auto", "cpu", "cuda", "tensorrt", "null"]
 
 
 class Settings(BaseSettings):
@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     model_variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: int8 on CPU, fp16 on CUDA/TensorRT (falls back to fp32)."
     )
-    backend: BackendChoice = Field("auto", description="auto tries TensorRT, then CUDA, then CPU.")
+    backend: BackendChoice = Field(
+        "auto",
+        description="auto tries TensorRT, then CUDA, then CPU; null answers at no cost (measures the pipeline alone).",
+    )
     intra_op_threads: int = Field(
         0, description="ONNX Runtime intra-op threads; 0: the usable cores but one (at least 1), see ort_threads."
     )

@@ -15,8 +15,7 @@ from mode import Service
 
 from models.language import detect_language, primary_language
 from models.manifest import Manifest, load_manifest
-from stream.backends import select_backend
-from stream.backends.ort import OrtBackend
+from stream.backends import InferenceBackend, select_backend
 from stream.batch import Batcher, PostTokenizer
 from stream.brands.agent import register_brand_agents
 from stream.brands.query import Matcher, ReloadingCatalog
@@ -76,7 +75,7 @@ def _faust_credentials(settings: Settings) -> Any:
     return None
 
 
-def build_backend(settings: Settings, manifest: Manifest) -> OrtBackend:
+def build_backend(settings: Settings, manifest: Manifest) -> InferenceBackend:
     backend = select_backend(
         settings.model_dir,
         manifest,

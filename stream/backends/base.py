@@ -14,12 +14,15 @@ Outputs = dict[str, npt.NDArray[np.float32]]
 class InferenceBackend(Protocol):
     """Runs one padded batch of token ids; must be safe to call from a worker thread."""
 
-    # "cpu", "cuda" or "tensorrt"
+    # "cpu", "cuda", "tensorrt", or "null" (the no-cost test double)
     name: str
     # The ONNX Runtime execution provider that actually serves the graph.
     provider: str
     # Which manifest variant is loaded ("int8", "fp16", "fp32").
     variant: str
+
+    @property
+    def output_names(self) -> list[str]: ...
 
     def run(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> Outputs: ...
 

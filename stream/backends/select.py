@@ -1,4 +1,7 @@
-"""Choose the execution provider and model variant: TensorRT, then CUDA, then CPU, unless overridden."""
+"""Choose the execution provider and model variant: TensorRT, then CUDA, then CPU, unless overridden.
+
+`null` is never chosen by `auto`: it is the no-cost test double that measures the pipeline around a model.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from models.manifest import Manifest, verified_variant_path
+from stream.backends.base import InferenceBackend
+from stream.backends.null import NullBackend
 from stream.backends.ort import CPU, CUDA, TENSORRT, OrtBackend, ProviderSpec, tensorrt_options
 
 # Preferred variants per backend, best first. TensorRT builds its own fp16 engine from the fp32 graph.
@@ -14,6 +19,7 @@ VARIANT_PREFERENCE = {
     "tensorrt": ("fp32", "fp16"),
     "cuda": ("fp16", "fp32"),
     "cpu": ("int8", "fp32"),
+    "null": ("int8", "fp32"),
 }
 PROVIDER_OF = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 
@@ -49,7 +55,12 @@ def select_backend(
     intra_op_threads: int = 0,
     max_batch_size: int = 64,
     tensorrt_cache_dir: Path | None = None,
-) -> OrtBackend:
+) -> InferenceBackend:
+    if backend == "null":
+        chosen_variant = choose_variant("null", variant, manifest)
+        return NullBackend.like(
+            verified_variant_path(model_dir, manifest, chosen_variant), chosen_variant, max_batch_size
+        )
     name = choose_backend_name(backend, ort.get_available_providers())
     chosen_variant = choose_variant(name, variant, manifest)
     path = verified_variant_path(model_dir, manifest, chosen_variant)
