@@ -21,7 +21,6 @@ import os
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -163,11 +162,15 @@ class EventReader:
     bootstrap: str
     topics: tuple[str, ...]
     seen: dict[str, dict[str, Arrival]] = field(default_factory=dict)
+    # How many topics each post has arrived on; kept as records come, so waiting never rescans every id.
+    _topics_reached: dict[str, int] = field(default_factory=dict)
+    _complete: set[str] = field(default_factory=set)
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.seen = {topic: {} for topic in self.topics}
+        self._topics_reached, self._complete = {}, set()
         self._consumer = AIOKafkaConsumer(
             *self.topics,
             bootstrap_servers=self.bootstrap,
@@ -187,17 +190,24 @@ class EventReader:
                 for record in records:
                     event: dict[str, Any] = orjson.loads(record.value or b"{}")
                     created = event.get("timestamps", {}).get("created_at")
-                    self.seen[record.topic].setdefault(str(event["post_id"]), Arrival(monotonic, wall_ms, created))
+                    post_id = str(event["post_id"])
+                    arrivals = self.seen[record.topic]
+                    if post_id not in arrivals:
+                        arrivals[post_id] = Arrival(monotonic, wall_ms, created)
+                        reached = self._topics_reached[post_id] = self._topics_reached.get(post_id, 0) + 1
+                        if reached == len(self.topics):
+                            self._complete.add(post_id)
 
-    def complete(self, ids: Iterable[str]) -> int:
-        return sum(1 for post_id in ids if all(post_id in arrivals for arrivals in self.seen.values()))
+    def complete(self, ids: set[str]) -> int:
+        return len(self._complete & ids)
 
     async def wait_for(self, ids: list[str], description: str, timeout: float) -> float:
         """Wait until every post has arrived on every topic; returns the monotonic time of the last arrival."""
         deadline = time.monotonic() + timeout
         with _progress() as progress:
             task = progress.add_task(description, total=len(ids))
-            while (done := self.complete(ids)) < len(ids):
+            wanted = set(ids)
+            while (done := self.complete(wanted)) < len(wanted):
                 if self._task is not None and self._task.done():
                     self._task.result()
                 if time.monotonic() > deadline:
