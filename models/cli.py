@@ -176,7 +176,7 @@ def classify(
                     result[name] = {"labels": head.labels, "scores": head.scores}
             result["language"] = {"code": code, "confidence": round(confidence, 4)}
             if embedding and prediction.embedding is not None:
-                result["embedding"] = prediction.embedding
+                result["embedding"] = prediction.embedding.tolist()
             result["model_version"] = classifier.version
             out.write(encoder.encode(result) + b"\n")
         out.flush()

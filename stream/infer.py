@@ -27,7 +27,7 @@ class HeadResult:
 @dataclass(frozen=True, slots=True)
 class Prediction:
     heads: dict[str, HeadResult]
-    embedding: list[float] | None
+    embedding: FloatArray | None
 
 
 def softmax(logits: FloatArray) -> FloatArray:
@@ -41,47 +41,63 @@ def sigmoid(logits: FloatArray) -> FloatArray:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def head_logits(head: Head, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
-    """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores."""
-    return logits if head.fusion is None else fused_logits(head.fusion, logits, texts)
+def head_logits(head: Head, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None) -> FloatArray:
+    """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores
+    (`lexicon`, when computed ahead, e.g. by stream.lexicon_pool; else here)."""
+    return logits if head.fusion is None else fused_logits(head.fusion, logits, texts, lexicon)
 
 
-def fused_logits(fusion: LexiconFusion, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
-    features = np.hstack([logits, lexicon_features(fusion.features, texts)])
+def fused_logits(
+    fusion: LexiconFusion, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None
+) -> FloatArray:
+    scores = lexicon if lexicon is not None else lexicon_features(fusion.features, texts)
+    features = np.hstack([logits, scores])
     fused: FloatArray = (
         features @ np.asarray(fusion.weight, dtype=np.float32).T + np.asarray(fusion.bias, dtype=np.float32)
     ).astype(np.float32)
     return fused
 
 
-def decode_head(head: Head, logits: FloatArray, texts: Sequence[str]) -> list[HeadResult]:
+def decode_head(
+    head: Head, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None
+) -> list[HeadResult]:
+    labels = head.labels
     if head.activation == "softmax":
-        probabilities = softmax(head_logits(head, logits, texts))
-        top = probabilities.argmax(axis=-1)
+        probabilities = softmax(head_logits(head, logits, texts, lexicon))
+        top = probabilities.argmax(axis=-1).tolist()
         return [
-            HeadResult(scores=_rounded(head.labels, row), labels=[head.labels[int(index)]])
-            for row, index in zip(probabilities, top, strict=True)
+            HeadResult(scores=dict(zip(labels, row, strict=True)), labels=[labels[index]])
+            for row, index in zip(_rounded(probabilities), top, strict=True)
         ]
     probabilities = sigmoid(logits)
-    thresholds = np.array([head.thresholds.get(label, 0.5) for label in head.labels], dtype=np.float32)
+    thresholds = np.array([head.thresholds.get(label, 0.5) for label in labels], dtype=np.float32)
+    hits = (probabilities >= thresholds).tolist()
     return [
         HeadResult(
-            scores=_rounded(head.labels, row),
-            labels=[label for label, hit in zip(head.labels, row >= thresholds, strict=True) if hit],
+            scores=dict(zip(labels, row, strict=True)),
+            labels=[label for label, hit in zip(labels, row_hits, strict=True) if hit],
         )
-        for row in probabilities
+        for row, row_hits in zip(_rounded(probabilities), hits, strict=True)
     ]
 
 
-def decode_outputs(manifest: Manifest, outputs: Outputs, texts: Sequence[str]) -> list[Prediction]:
-    """Per-text predictions from the graph's outputs for texts (the same texts, in the same order)."""
-    per_head = {head.name: decode_head(head, outputs[head.output], texts) for head in manifest.heads}
+def decode_outputs(
+    manifest: Manifest, outputs: Outputs, texts: Sequence[str], lexicon: FloatArray | None = None
+) -> list[Prediction]:
+    """Per-text predictions from the graph's outputs for texts (the same texts, in the same order).
+
+    `lexicon`: the fusion's lexicon scores of these texts, if computed ahead (only the fused head reads it).
+    """
+    per_head = {
+        head.name: decode_head(head, outputs[head.output], texts, lexicon if head.fusion else None)
+        for head in manifest.heads
+    }
     batch = len(next(iter(per_head.values())))
     embeddings = outputs.get(manifest.embedding_output) if manifest.embedding_output else None
     return [
         Prediction(
             heads={name: results[i] for name, results in per_head.items()},
-            embedding=embeddings[i].tolist() if embeddings is not None else None,
+            embedding=embeddings[i] if embeddings is not None else None,
         )
         for i in range(batch)
     ]
@@ -93,10 +109,13 @@ def predict(
     input_ids: npt.NDArray[np.int64],
     attention_mask: npt.NDArray[np.int64],
     texts: Sequence[str],
+    lexicon: FloatArray | None = None,
 ) -> list[Prediction]:
-    return decode_outputs(manifest, backend.run(input_ids, attention_mask), texts)
+    return decode_outputs(manifest, backend.run(input_ids, attention_mask), texts, lexicon)
 
 
-def _rounded(labels: list[str], row: FloatArray) -> dict[str, float]:
-    # Six decimals keep events small and stable across runs without losing anything a threshold sees.
-    return {label: round(float(value), 6) for label, value in zip(labels, row, strict=True)}
+def _rounded(probabilities: FloatArray) -> list[list[float]]:
+    # Six decimals keep events small and stable across runs without losing anything a threshold sees;
+    # rounded in float64 once per batch, as round(float(x), 6) per value did.
+    rounded: list[list[float]] = np.round(probabilities.astype(np.float64), 6).tolist()
+    return rounded

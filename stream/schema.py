@@ -99,4 +99,5 @@ class BrandMention(msgspec.Struct, frozen=True):
     sentiment_scores: dict[str, float]
     behaviours: list[str]
     behaviour_scores: dict[str, float]
-    embedding: list[float] | None = None
+    # The pooled embedding as little-endian float16 (base64 in JSON); see emit.compact_embedding.
+    embedding_f16: bytes | None = None

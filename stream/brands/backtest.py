@@ -166,7 +166,7 @@ def onnx_classifier(model_dir: Path) -> Classifier:
                     sentiment_scores=sentiment.scores,
                     behaviours=behaviour.labels if behaviour else [],
                     behaviour_scores=behaviour.scores if behaviour else {},
-                    embedding=prediction.embedding,
+                    embedding=None if prediction.embedding is None else prediction.embedding.tolist(),
                 )
             )
         return results
