@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final, Literal
 
 import langcodes
@@ -18,6 +19,8 @@ def detect_language(text: str) -> tuple[str, float]:
     return str(best["lang"]), float(best["score"])
 
 
+# Posts repeat a handful of tags; parsing one with langcodes costs several microseconds.
+@lru_cache(maxsize=4096)
 def primary_language(tag: str) -> str | None:
     """The primary language subtag of a registered BCP 47 tag ("en-US" -> "en"); None if not a valid tag."""
     normalised = tag.strip().replace("_", "-")
