@@ -45,7 +45,7 @@ BUILD_SOURCES = (
     "models/recipe.py",
     "models/runtime.py",
     "models/train.py",
-    "stream/batch.py",
+    "stream/tokenize.py",
     "stream/lexicon.py",
 )
 BUILD_LIBRARIES = (

@@ -34,8 +34,8 @@ from models.data import SENTIMENT_LABELS, RatedText, load_rated, split_tweets
 from models.fusion import fit_fusion
 from models.recipe import MAX_SEQ_LEN, BuildConfig, write_tokenizer
 from models.train import MultiTaskModel, encoder_dir, predict, train_sentiment
-from stream.batch import PostTokenizer
 from stream.infer import fused_logits
+from stream.tokenize import PostTokenizer
 
 
 def fold_indices(labels: Sequence[int], folds: int, seed: int) -> list[NDArray[np.int64]]:

@@ -30,7 +30,7 @@ from models.manifest import (
 )
 from models.runtime import encode
 from stream.backends.ort import OrtBackend
-from stream.batch import PostTokenizer
+from stream.tokenize import PostTokenizer
 
 OPSET = 17
 INPUTS = ["input_ids", "attention_mask"]

@@ -77,7 +77,7 @@ def train_and_export(
     from models.fusion import fit_fusion
     from models.heads import fit_linear_head
     from models.train import ENCODER_NAME, MultiTaskModel, encoder_dir, predict, train_sentiment
-    from stream.batch import PostTokenizer
+    from stream.tokenize import PostTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     train_config = config.train_config()

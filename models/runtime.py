@@ -15,8 +15,8 @@ import numpy.typing as npt
 from models.manifest import Manifest, ManifestError, load_manifest
 from stream.backends.base import InferenceBackend, Outputs
 from stream.backends.select import select_backend
-from stream.batch import PostTokenizer, pad
 from stream.infer import Prediction, decode_outputs
+from stream.tokenize import PostTokenizer, pad
 
 IntArray = npt.NDArray[np.int64]
 

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from models.behaviour import BEHAVIOUR_LABELS
 from models.data import SENTIMENT_LABELS, RatedText
 from models.runtime import encode as encode_numpy
-from stream.batch import PostTokenizer
+from stream.tokenize import PostTokenizer
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 

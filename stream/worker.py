@@ -16,7 +16,7 @@ from mode import Service
 from models.language import detect_language, primary_language
 from models.manifest import Manifest, load_manifest
 from stream.backends import InferenceBackend, select_backend
-from stream.batch import Batcher, PostTokenizer
+from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
 from stream.brands.query import Matcher, ReloadingCatalog
 from stream.emit import Emitter, Topics
@@ -25,6 +25,7 @@ from stream.metrics import Metrics
 from stream.pipeline import BatchObserver, Pipeline, Ticket
 from stream.schema import ModelRef
 from stream.settings import Settings
+from stream.tokenize import PostTokenizer
 from stream.validate import Validator
 from stream.web import LiveStats, MetricsServer, register_web, start_metrics_server
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from stream.batch import Batch, Batcher, Job, PostTokenizer, pad, padded_length, slice_by_budget
+from stream.batch import Batch, Batcher, Job, slice_by_budget
+from stream.tokenize import PostTokenizer, pad, padded_length
 
 WORDS = [f"w{i}" for i in range(200)]
 

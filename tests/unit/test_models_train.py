@@ -14,7 +14,7 @@ def _fine_tune(seed: int, tokenizer_file: Path) -> dict[str, torch.Tensor]:
     from models.data import load_rated, split_tweets
     from models.recipe import BuildConfig
     from models.train import MultiTaskModel, encoder_dir, train_sentiment
-    from stream.batch import PostTokenizer
+    from stream.tokenize import PostTokenizer
 
     config = msgspec.structs.replace(BuildConfig(seed=seed, epochs=1).train_config(), threads=1)
     tweets, _ = split_tweets(load_rated("tweets"))
