@@ -38,7 +38,7 @@ from rich.table import Table
 
 from models.manifest import Manifest, load_manifest
 from stream.backends.cpu import cpu_features
-from stream.batch import PostTokenizer, pad, slice_by_budget
+from stream.batch import slice_by_budget
 from stream.emit import now_ms
 from stream.harness import Topics, WorkerProcess, produce
 from stream.kafka_local import LocalKafka
@@ -46,6 +46,7 @@ from stream.profiling import Profiler, ProfileSummary, summarise
 from stream.replay import replay
 from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts, write_jsonl
 from stream.settings import REPO_ROOT, Settings
+from stream.tokenize import PostTokenizer, pad
 
 # Progress and notes go to stderr, so `--json` leaves stdout holding the one JSON object.
 console = Console(stderr=True)
@@ -239,6 +240,15 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
+def scrape_all(ports: list[int]) -> dict[str, float]:
+    """Several workers' scrapes added up (their counters and histogram sums are per process)."""
+    total: dict[str, float] = {}
+    for port in ports:
+        for name, value in scrape(port).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
 def stage_breakdown(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
     """Per-batch means (ms) of each stage between two scrapes, batch size, and how busy inference was."""
 
@@ -281,6 +291,7 @@ class PipelineResult:
     stages_latency: dict[str, float]
     log: Path
     profile: ProfileSummary | None = None
+    workers: int = 1
 
     @property
     def posts_per_s(self) -> float:
@@ -310,29 +321,47 @@ async def bench_pipeline(
     log_dir: Path,
     backend: str = "auto",
     profile: bool = False,
+    workers: int = 1,
 ) -> PipelineResult:
-    """Drain `backlog` through a worker process; then, if `live` is not empty, replay it paced for latency."""
+    """Drain `backlog` through `workers` worker processes in one consumer group; then, if `live` is not
+    empty, replay it paced for latency.
+
+    One worker finds the backlog waiting. Several are started first and given time to settle their
+    partitions, so the drain is not measured across the rebalance their joining causes.
+    """
     from stream.worker import ensure_topics
 
     settings = model.settings
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:8]}")
     await ensure_topics(settings.model_copy(update=topics.fields()))
-    with console.status(f"producing the backlog of {len(backlog):,} posts"):
-        await produce(settings.kafka_bootstrap, topics.posts, backlog)
-    worker = WorkerProcess(
-        settings.kafka_bootstrap,
-        topics,
-        log_dir,
-        f"pipeline-worker-{backend}",
-        **worker_env(settings, model.variant, backend),
-    )
+
+    async def produce_backlog() -> None:
+        with console.status(f"producing the backlog of {len(backlog):,} posts"):
+            await produce(settings.kafka_bootstrap, topics.posts, backlog)
+
+    if workers == 1:
+        await produce_backlog()
+    env = worker_env(settings, model.variant, backend)
+    processes = [
+        WorkerProcess(settings.kafka_bootstrap, topics, log_dir, f"pipeline-worker-{backend}-{workers}x{index}", **env)
+        for index in range(workers)
+    ]
+    worker = processes[0]
     reader = EventReader(settings.kafka_bootstrap, (topics.sentiment, topics.behaviour))
     await reader.start()
-    worker.start()
+    for process in processes:
+        process.start()
     try:
-        with console.status("(b) starting the worker"):
-            await asyncio.to_thread(worker.wait_ready, 300.0)
-            started = await wait_first_consumed(worker.metrics_port, 120.0)
+        with console.status(f"(b) starting {workers} worker(s)"):
+            for process in processes:
+                await asyncio.to_thread(process.wait_ready, 300.0)
+            if workers > 1:
+                # Joins after the first trigger rebalances; a few session-timeout-scale seconds settle them.
+                await asyncio.sleep(3 * settings.broker_heartbeat_interval_s + 5)
+                await produce_backlog()
+            started = min(
+                await asyncio.gather(*(wait_first_consumed(process.metrics_port, 120.0) for process in processes))
+            )
         assert worker.process is not None
         profiler = Profiler(worker.process.pid, log_dir / f"profile-{backend}.txt") if profile else None
         backlog_ids = [record.post_id for record in backlog]
@@ -343,7 +372,7 @@ async def bench_pipeline(
         finally:
             profile_path = profiler.stop() if profiler else None
         drain_seconds = finished - started
-        after_drain = await asyncio.to_thread(scrape, worker.metrics_port)
+        after_drain = await asyncio.to_thread(scrape_all, [process.metrics_port for process in processes])
         rate = latency_load * len(backlog) / drain_seconds
         if not live:
             return PipelineResult(
@@ -356,6 +385,7 @@ async def bench_pipeline(
                 stages_latency={},
                 log=worker.log_path,
                 profile=summarise(profile_path) if profile_path else None,
+                workers=workers,
             )
 
         posts_file = write_jsonl(live, log_dir / "latency-posts.jsonl")
@@ -378,7 +408,7 @@ async def bench_pipeline(
             )
         live_ids = [record.post_id for record in live]
         await reader.wait_for(live_ids, "(b) latency events", timeout=300.0)
-        after_live = await asyncio.to_thread(scrape, worker.metrics_port)
+        after_live = await asyncio.to_thread(scrape_all, [process.metrics_port for process in processes])
         sentiment = reader.seen[topics.sentiment]
         latencies = [
             float(arrival.wall_ms - arrival.created_at_ms)
@@ -394,10 +424,12 @@ async def bench_pipeline(
             stages_drain=stage_breakdown({}, after_drain, drain_seconds),
             stages_latency=stage_breakdown(after_drain, after_live, time.monotonic() - replay_started),
             log=worker.log_path,
+            workers=workers,
         )
     finally:
         await reader.stop()
-        worker.stop()
+        for process in processes:
+            process.stop()
         await delete_run_topics(settings, topics.prefix)
 
 
@@ -544,6 +576,7 @@ def run_bench(
     variant: str = "int8",
     ceiling_posts: int = 20_000,
     profile: bool = False,
+    processes: int = 2,
 ) -> dict[str, Any]:
     # Producing right after topic creation logs a retried NotLeaderForPartition per partition: noise here.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -579,13 +612,24 @@ def run_bench(
             else None
         )
         pipeline = asyncio.run(bench_pipeline(model, backlog, live, latency_load, log_dir))
+        # The same drains with several worker processes in one group (other posts, so none is a duplicate).
+        scaling: dict[str, PipelineResult] = {}
+        if processes > 1:
+            if ceiling_posts:
+                scaling["ceiling"] = asyncio.run(
+                    bench_pipeline(
+                        model, _records(texts, ceiling_posts, 105), [], latency_load, log_dir, "null", False, processes
+                    )
+                )
+            scaling["pipeline"] = asyncio.run(
+                bench_pipeline(model, _records(texts, posts, 106), [], latency_load, log_dir, "auto", False, processes)
+            )
         baseline = asyncio.run(bench_naive(settings, naive, model.manifest.max_seq_len, log_dir))
     finally:
         if started_kafka:
             kafka.stop()
-    return report(
-        model, {model.variant: bare} | ({other: bare_other} if bare_other else {}), ceiling, pipeline, baseline, log_dir
-    )
+    bare_by_variant = {model.variant: bare} | ({other: bare_other} if bare_other else {})
+    return report(model, bare_by_variant, ceiling, pipeline, scaling, baseline, log_dir)
 
 
 def report(
@@ -593,6 +637,7 @@ def report(
     bare_by_variant: dict[str, BareResult],
     ceiling: PipelineResult | None,
     pipeline: PipelineResult,
+    scaling: dict[str, PipelineResult],
     naive: NaiveResult,
     log_dir: Path,
 ) -> dict[str, Any]:
@@ -612,6 +657,11 @@ def report(
         "latency_rate_posts_per_s": pipeline.latency_rate,
         "naive_posts": naive.posts + 1,
         "ceiling_posts": ceiling.posts if ceiling else 0,
+        # Drains with several worker processes in one group, on this machine: posts/s of the whole group.
+        "processes": {
+            name: {"workers": result.workers, "posts": result.posts, "posts_per_s": result.posts_per_s}
+            for name, result in scaling.items()
+        },
         "model": {
             "name": model.manifest.name,
             "version": model.manifest.version,
@@ -662,6 +712,12 @@ def render(result: dict[str, Any]) -> Table:
             f"{result['ceiling_posts_per_s']:,.0f} posts/s  ({result['ceiling_posts']:,} posts)",
         )
     table.add_row("(b) pipeline Kafka -> events", f"{result['pipeline_posts_per_s']:,.0f} posts/s")
+    for name, run in result["processes"].items():
+        one = result["ceiling_posts_per_s"] if name == "ceiling" else result["pipeline_posts_per_s"]
+        table.add_row(
+            f"    {name}, {run['workers']} processes in one group",
+            f"{run['posts_per_s']:,.0f} posts/s  ({run['posts_per_s'] / one:.2f}x one process)",
+        )
     table.add_row("(c) naive transformers agent", f"{result['naive_posts_per_s']:,.1f} posts/s")
     goal_bare = "ok" if result["pipeline_vs_bare"] >= 0.9 else "below the 0.9 goal"
     goal_naive = "ok" if result["pipeline_vs_naive"] >= 10 else "below the 10x goal"
@@ -698,9 +754,10 @@ def main(
     variant: str = "int8",
     ceiling_posts: int = 20_000,
     profile: bool = False,
+    processes: int = 2,
     as_json: bool = False,
 ) -> None:
-    result = run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile)
+    result = run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile, processes)
     if as_json:
         print(orjson.dumps(result).decode())
     else:

@@ -94,12 +94,15 @@ def bench(
     profile: Annotated[
         bool, typer.Option("--profile", help="Record the ceiling worker with py-spy; summary in the output.")
     ] = False,
+    processes: Annotated[
+        int, typer.Option(help="Also drain with this many worker processes in one group (ceiling and model); 1 skips.")
+    ] = 2,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Pipeline vs bare ONNX Runtime vs a naive transformers-per-message Faust agent, in one run."""
     from stream.bench import main as run_bench
 
-    run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile, as_json=json)
+    run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile, processes, as_json=json)
 
 
 def main() -> None:
