@@ -85,11 +85,23 @@ class Pipeline:
     async def submit(self, raw: bytes | None, source: SourceRef, ack: Ack) -> None:
         """Take one input record; returns once it is queued (blocks while in-flight tokens are at the bound)."""
         self._metrics.posts_consumed.inc()
+        try:
+            job = self._job(raw, source, ack)
+        except Exception as error:
+            # One record must never wedge its partition or crash the agent (FAUST_NOTES: a record the
+            # agent raised on was committed without output): whatever raised, it is dead-lettered.
+            log.exception("record %s:%d@%d raised before batching", source.topic, source.partition, source.offset)
+            job = Rejection(RejectReason.INTERNAL_ERROR, f"{error!r}"[:1000])
+        if isinstance(job, Rejection):
+            self._spawn(self._dead_letter(raw, job.reason, job.detail, source, ack))
+            return
+        await self._batcher.put(job)
+
+    def _job(self, raw: bytes | None, source: SourceRef, ack: Ack) -> Job[Ticket] | Rejection:
         ingested_at_ms = now_ms()
         result = self._validator.validate(raw, source)
         if isinstance(result, Rejection):
-            self._spawn(self._dead_letter(raw, result.reason, result.detail, source, ack))
-            return
+            return result
         if self._matcher is not None:
             result = ValidPost(
                 post=result.post,
@@ -99,7 +111,7 @@ class Pipeline:
             )
         ticket = Ticket(valid=result, raw=raw or b"", source=source, ingested_at_ms=ingested_at_ms, ack=ack)
         text = result.post.text
-        await self._batcher.put(Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text)))
+        return Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text))
 
     async def run(self) -> None:
         """Prepare batches ahead and run them one at a time until cancelled."""

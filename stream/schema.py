@@ -43,6 +43,8 @@ class RejectReason(enum.StrEnum):
     DUPLICATE_ID = "duplicate_id"
     # The post alone made the model fail; kept so one poison record cannot stop the stream.
     INFERENCE_FAILED = "inference_failed"
+    # Handling the record raised something no rule above names: a bug of ours, kept replayable in the DLQ.
+    INTERNAL_ERROR = "internal_error"
 
 
 class Timestamps(msgspec.Struct, frozen=True):

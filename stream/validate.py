@@ -105,6 +105,13 @@ class Validator:
         self._decoder = msgspec.json.Decoder(Post)
 
     def validate(self, raw: bytes | None, source: SourceRef) -> ValidPost | Rejection:
+        """Never raises: an error no rule names becomes an `internal_error` rejection with its repr."""
+        try:
+            return self._validate(raw, source)
+        except Exception as error:
+            return Rejection(RejectReason.INTERNAL_ERROR, f"validation raised {error!r}"[:1000])
+
+    def _validate(self, raw: bytes | None, source: SourceRef) -> ValidPost | Rejection:
         if raw is None:
             return Rejection(RejectReason.INVALID_JSON, "record has no value (tombstone)")
         if len(raw) > self._max_record_bytes:
@@ -121,6 +128,9 @@ class Validator:
             return Rejection(reason, message)
         except msgspec.DecodeError as error:
             return Rejection(RejectReason.INVALID_JSON, str(error))
+        except RecursionError:
+            # msgspec walks nesting recursively, unknown fields included; 1,000 levels in 2 kB was enough.
+            return Rejection(RejectReason.INVALID_JSON, "JSON nested deeper than the decoder's recursion limit")
         return self._check_post(post, source)
 
     def _check_post(self, post: Post, source: SourceRef) -> ValidPost | Rejection:
