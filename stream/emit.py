@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -125,6 +126,7 @@ class Emitter:
         self._topics = topics
         self._model = model
         self._encoder = msgspec.json.Encoder()
+        self._submitting: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def _send(self, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         # send() resolves once the record is in the accumulator; the returned future resolves on the broker ack.
@@ -156,7 +158,12 @@ class Emitter:
     async def _submit(self, builder: Any, tp: tuple[str, int]) -> asyncio.Future[Any]:
         # Closed, the batch is ready at once instead of lingering for more records.
         builder.close()
-        delivery: asyncio.Future[Any] = await self._producer.send_batch(builder, tp[0], partition=tp[1])
+        # One submitter per partition at a time: aiokafka's add_batch loops while the partition has a
+        # pending batch and takes the whole elapsed time off its timeout on every pass, so many batches
+        # queued on one partition (several emits in flight, a slow broker) timed out early
+        # (KafkaTimeoutError with two workers on 2 cores). Queued on the lock, each finds at most one.
+        async with self._submitting[tp]:
+            delivery: asyncio.Future[Any] = await self._producer.send_batch(builder, tp[0], partition=tp[1])
         return delivery
 
     async def emit(self, posts: Sequence[Enriched]) -> dict[str, list[str]]:
