@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,13 @@ from models.cli import classify
 from stream.brands.cli import backtest_command
 from stream.settings import Settings
 
+
+class Role(enum.StrEnum):
+    all = "all"
+    pipeline = "pipeline"
+    brands = "brands"
+
+
 app = typer.Typer(help="socialpulse: real-time social media stream processor.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.command("classify")(classify)
@@ -21,14 +29,20 @@ app.command("backtest")(backtest_command)
 
 
 @app.command()
-def run(loglevel: Annotated[str, typer.Option(help="Faust log level.")] = "info") -> None:
+def run(
+    loglevel: Annotated[str, typer.Option(help="Faust log level.")] = "info",
+    role: Annotated[
+        Role | None,
+        typer.Option(help="all (default, SOCIALPULSE_ROLE), pipeline (ingest + model) or brands (brand monitor)."),
+    ] = None,
+) -> None:
     """Run the stream worker (settings from SOCIALPULSE_* env vars)."""
     import faust
 
     from stream.metrics import Metrics
     from stream.worker import build_worker_app, changelog_topics, ensure_topics
 
-    settings = Settings()
+    settings = Settings() if role is None else Settings(role=role.value)
     worker_app, _ = build_worker_app(settings, Metrics())
     asyncio.run(ensure_topics(settings, changelog_topics(worker_app)))
     faust.Worker(worker_app, loglevel=loglevel).execute_from_commandline()

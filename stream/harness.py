@@ -126,10 +126,11 @@ class WorkerProcess:
         )
         return self
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, marker: str = "socialpulse pipeline ready") -> None:
+        """Until the log holds `marker` (a brands-role worker has no pipeline: wait for Faust's "Ready")."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "socialpulse pipeline ready" in self.log_path.read_text(errors="replace"):
+            if marker in self.log_path.read_text(errors="replace"):
                 return
             if self.process is not None and self.process.poll() is not None:
                 break

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     app_id: str = Field("socialpulse", description="Faust app id; also the consumer group id.")
+    role: Literal["all", "pipeline", "brands"] = Field(
+        "all",
+        description="What this worker runs: all (ingest pipeline and brand monitor), pipeline, or brands. "
+        "Each role scales as its own consumer group: the brands role's is `<app_id>-brands`.",
+    )
 
     # Topics
     input_topic: str = "social.posts"
@@ -93,6 +98,12 @@ class Settings(BaseSettings):
     brands_webhook_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to {url}/api/v2/alerts. None disables."
     )
+
+    @property
+    def group_id(self) -> str:
+        """The Faust app id (and consumer group) of this role. Faust assigns partitions as if every member ran
+        the same agents, so a brands-only process must not join the pipeline's group."""
+        return f"{self.app_id}-brands" if self.role == "brands" else self.app_id
 
     @property
     def ort_threads(self) -> int:

@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> faust.App:
     # Faust creates its app folder but not the folders above it.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
-        settings.app_id,
+        settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(settings),
         value_serializer="raw",
@@ -125,7 +125,6 @@ class PipelineService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._pipeline: Pipeline | None = None
         self._lag_probe = LagProbe(settings)
-        self._metrics_server: MetricsServer | None = None
 
     async def pipeline(self) -> Pipeline:
         if self._ready is None:
@@ -134,7 +133,6 @@ class PipelineService(Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        self._metrics_server = start_metrics_server(settings, self.metrics)
         manifest = load_manifest(settings.model_dir)
         backend = await asyncio.to_thread(build_backend, settings, manifest)
         self.metrics.model_info.info(
@@ -226,8 +224,23 @@ class PipelineService(Service):
         if self._producer is not None:
             await self._producer.stop()
         await self._lag_probe.stop()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
+
+
+class MetricsExporter(Service):
+    """The standalone Prometheus exporter (settings.metrics_port), in every role."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._metrics = metrics
+        self._server: MetricsServer | None = None
+
+    async def on_start(self) -> None:
+        self._server = start_metrics_server(self._settings, self._metrics)
+
+    async def on_stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) -> None:
@@ -313,16 +326,30 @@ def changelog_topics(app: faust.App) -> list[str]:
     return [table.changelog_topic_name for table in app.tables.values()]
 
 
-def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, PipelineService]:
+class RoleError(ValueError):
+    """The settings ask for a role that cannot run as configured."""
+
+
+def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, PipelineService | None]:
+    """The Faust app of settings.role: the ingest pipeline, the brand monitor, or both (the default).
+
+    Each role wires the existing stages; no stage knows about roles. The pipeline role needs the model;
+    the brands role needs no model, only the brands file and the mentions topic the pipeline writes.
+    """
+    if settings.role == "brands" and not settings.brands_file:
+        raise RoleError("the brands role needs SOCIALPULSE_BRANDS_FILE")
     app = create_app(settings)
     live = LiveStats()
     register_web(app, metrics, live)
-    matcher = ReloadingCatalog(settings.brands_file) if settings.brands_file else None
-    service = PipelineService(app, settings, metrics, matcher=matcher, observer=live, loop=None)
     # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
-    app.service(cast(Any, service))
-    register_ingest(app, settings, service.pipeline)
-    if settings.brands_file:
+    app.service(cast(Any, MetricsExporter(settings, metrics, loop=None)))
+    service: PipelineService | None = None
+    if settings.role in ("all", "pipeline"):
+        matcher = ReloadingCatalog(settings.brands_file) if settings.brands_file else None
+        service = PipelineService(app, settings, metrics, matcher=matcher, observer=live, loop=None)
+        app.service(cast(Any, service))
+        register_ingest(app, settings, service.pipeline)
+    if settings.role in ("all", "brands") and settings.brands_file:
         register_brand_agents(app, settings, webhook_url=settings.brands_webhook_url)
 
     def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

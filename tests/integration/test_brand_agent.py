@@ -212,3 +212,45 @@ def test_the_full_worker_commits_the_mentions_it_has_handled(kafka: LocalKafka, 
         assert worker.stop() == 0, worker.log_tail()
     assert sum(ends.values()) > 0, "the posts mention no brand: nothing was tested"
     assert all(committed.get(p, 0) >= end for p, end in ends.items()), (ends, committed, worker.log_tail())
+
+
+def test_pipeline_and_brands_roles_run_as_separate_processes(kafka: LocalKafka, tmp_path: Path) -> None:
+    # `socialpulse run --role pipeline|brands`: the model-bound ingest and the brand monitor scale apart,
+    # the brands role in its own consumer group, and between them every post and mention is handled.
+    topics = Topics()
+    records = labelled_stream(load_tweet_texts(), 300, malformed_share=0.0, seed=6)
+    brands_file = str(REPO_ROOT / "deploy/brands/demo.yaml")
+    fields = topics.fields()
+    pipeline = WorkerProcess(
+        kafka.bootstrap, topics, tmp_path, "pipeline", SOCIALPULSE_BRANDS_FILE=brands_file, SOCIALPULSE_ROLE="pipeline"
+    ).start()
+    brands = WorkerProcess(
+        kafka.bootstrap,
+        topics,
+        tmp_path,
+        "brands",
+        SOCIALPULSE_BRANDS_FILE=brands_file,
+        SOCIALPULSE_ROLE="brands",
+        # A missing model must not matter to the brands role.
+        SOCIALPULSE_MODEL_DIR=str(tmp_path / "no-model-here"),
+    ).start()
+    try:
+        pipeline.wait_ready()
+        brands.wait_ready(marker="[^Worker]: Ready")
+        asyncio.run(produce_posts(kafka.bootstrap, topics.posts, records))
+        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=300))
+        ends, committed = asyncio.run(
+            wait_for_commits(kafka.bootstrap, f"{fields['app_id']}-brands", fields["mentions_topic"], timeout=60)
+        )
+    finally:
+        assert pipeline.stop() == 0, pipeline.log_tail()
+        assert brands.stop() == 0, brands.log_tail()
+    assert len(outputs.sentiment_posts()) == len(records)
+    assert sum(ends.values()) > 0, "the posts mention no brand: nothing was tested"
+    assert all(committed.get(p, 0) >= end for p, end in ends.items()), (ends, committed, brands.log_tail())
+    pipeline_log = pipeline.log_path.read_text(errors="replace")
+    brands_log = brands.log_path.read_text(errors="replace")
+    # Faust names each process's agents and tables in its log: the monitor's tables in one, ingest in the other.
+    assert "brand-monitor-state" in brands_log and "brand-monitor-state" not in pipeline_log
+    assert "register_[.]ingest" in pipeline_log and "register_[.]ingest" not in brands_log
+    assert "socialpulse pipeline ready" not in brands_log
