@@ -122,6 +122,9 @@ class Pipeline:
                 await prepared.put(batch)
 
         preparer = asyncio.create_task(prepare(), name="socialpulse-prepare")
+        # Without this, a preparer that raised left run() waiting on an empty queue forever while the
+        # worker looked healthy; failure stops the worker instead (PipelineService watches it).
+        preparer.add_done_callback(self._stage_done)
         try:
             while True:
                 batch = await prepared.get()
@@ -154,6 +157,10 @@ class Pipeline:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._pending.add(task)
         task.add_done_callback(self._settled)
+
+    def _stage_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None and not self.failure.done():
+            self.failure.set_exception(PipelineFailed(f"batch preparer died: {error!r}"))
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
