@@ -150,7 +150,8 @@ class Emitter:
                 # Full: submit it and start the next one (an empty batch takes any one record).
                 deliveries.append(await self._submit(builder, tp))
                 builder = builders[tp] = self._producer.create_batch()
-                builder.append(key=key_bytes, value=value, timestamp=None)
+                if builder.append(key=key_bytes, value=value, timestamp=None) is None:
+                    raise ValueError(f"a {len(value)}-byte record does not fit an empty batch for {tp}")
         for tp, builder in builders.items():
             deliveries.append(await self._submit(builder, tp))
         await asyncio.gather(*deliveries)
