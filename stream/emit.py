@@ -10,6 +10,7 @@ own default partitioner (murmur2 of the key), so a key lands where `send()` woul
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections import defaultdict
@@ -121,10 +122,13 @@ def partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
 
 
 class Emitter:
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics, model: ModelRef) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: Topics, model: ModelRef, dlq_max_value_bytes: int = 524_288
+    ) -> None:
         self._producer = producer
         self._topics = topics
         self._model = model
+        self._dlq_max_value_bytes = dlq_max_value_bytes
         self._encoder = msgspec.json.Encoder()
         self._submitting: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -221,7 +225,14 @@ class Emitter:
         return records
 
     async def dead_letter(self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef) -> None:
-        """The original bytes, untouched, with why and where in headers."""
+        """The original bytes with why and where in headers; past `dlq_max_value_bytes`, a prefix of them.
+
+        A record the input topic took can be larger than this producer may send (max_request_size); sent
+        whole, its dead letter failed on every retry and stopped the worker. The original's length and
+        sha256 always travel in headers, so a truncated letter still identifies its record.
+        """
+        original = raw or b""
+        value = original[: self._dlq_max_value_bytes]
         headers = [
             ("socialpulse.reason", reason.value.encode()),
             ("socialpulse.detail", detail[:1000].encode("utf-8", "replace")),
@@ -229,6 +240,9 @@ class Emitter:
             ("socialpulse.source.partition", str(source.partition).encode()),
             ("socialpulse.source.offset", str(source.offset).encode()),
             ("socialpulse.rejected_at", str(now_ms()).encode()),
+            ("socialpulse.original.length", str(len(original)).encode()),
+            ("socialpulse.original.sha256", hashlib.sha256(original).hexdigest().encode()),
+            ("socialpulse.truncated", b"true" if len(value) < len(original) else b"false"),
         ]
         key = f"{source.topic}:{source.partition}:{source.offset}"
-        await self._send(self._topics.dlq, key, raw or b"", headers)
+        await self._send(self._topics.dlq, key, value, headers)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     brand_stats_topic: str = "social.brand_stats"
     alerts_topic: str = "social.alerts"
     topic_partitions: int = Field(4, description="Partitions for topics the worker creates.")
+    topic_replication_factor: int = Field(
+        1,
+        description="Replication factor of topics the worker creates (and Faust's own). 1 suits one local broker; "
+        "in production use 3 with min.insync.replicas=2 on the broker, so acks=all survives one broker down.",
+    )
 
     # Model and backend
     model_dir: Path = Field(REPO_ROOT / ".cache/models/default", description="Folder holding manifest.json.")
@@ -62,9 +67,14 @@ class Settings(BaseSettings):
 
     # Validation
     max_record_bytes: int = Field(
-        524_288, description="Records larger than this go to the DLQ (whole: keep it under the broker's message limit)."
+        524_288, description="Records larger than this go to the DLQ (as a prefix past dlq_max_value_bytes)."
     )
     max_text_chars: int = Field(10_000, description="Texts longer than this go to the DLQ.")
+    dlq_max_value_bytes: int = Field(
+        524_288,
+        description="Dead letters keep at most this many bytes of the original record (a prefix; its length "
+        "and sha256 are in headers). Keep it under the producer's 1 MB request limit.",
+    )
     languages: list[str] = Field(
         ["en"], description="Languages the model serves (JSON list); empty accepts every language."
     )
