@@ -17,13 +17,16 @@ Faust flushes the producer (its outputs and table writes) before it commits.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from stream.pipeline import Pipeline
@@ -75,12 +78,47 @@ class OffsetSequencer:
             self._committable.pop(tp, None)
 
 
-def sequenced_transport(app: faust.App, sequencer: OffsetSequencer, topic: str) -> faust_aiokafka.Transport:
-    """Faust's aiokafka transport with the commits of `topic` decided by `sequencer`."""
+# How long a commit waits for Faust's producer buffer to empty before it gives up (and the worker stops).
+BUFFER_DRAIN_TIMEOUT_S = 60.0
+
+
+class DrainingProducerBuffer(ProducerBuffer):
+    """Faust's producer buffer, whose flush empties it.
+
+    Faust flushes its producer before it commits offsets, but `ProducerBuffer.flush` returns as soon as
+    0.1 s pass without a buffered record being sent, records still waiting. Table changelog writes go
+    through this buffer, so the brand monitor's offsets were committed past state writes still in memory,
+    and a worker killed then restarted with less state than it had committed (the kill-and-restart test
+    failed now and then, with "producer buffer full" in the log).
+    """
+
+    async def flush(self) -> None:
+        deadline = time.monotonic() + BUFFER_DRAIN_TIMEOUT_S
+        while self.size:
+            if time.monotonic() > deadline:
+                raise ProducerSendError(f"{self.size} buffered records not sent within {BUFFER_DRAIN_TIMEOUT_S:.0f} s")
+            await self.flush_atmost(None)
+
+
+class DrainingProducer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
+        buffer.app = self.app
+        if getattr(self, "threaded_producer", None) is not None:
+            buffer.threaded_producer = self.threaded_producer
+        self.buffer = buffer
+
+
+def worker_transport(
+    app: faust.App, sequencer: OffsetSequencer | None = None, topic: str | None = None
+) -> faust_aiokafka.Transport:
+    """Faust's aiokafka transport with a producer whose flush drains, and, when given, the commits of
+    `topic` decided by `sequencer` (every other topic keeps Faust's rule)."""
 
     class SequencedConsumer(faust_aiokafka.Consumer):
         def _new_offset(self, tp: TP) -> int | None:
-            if tp.topic != topic:
+            if sequencer is None or tp.topic != topic:
                 # The sequencer tracks no other topic: answering for one would never commit it, and every
                 # restart would re-read it from the start of its retention.
                 return super()._new_offset(tp)
@@ -91,16 +129,19 @@ def sequenced_transport(app: faust.App, sequencer: OffsetSequencer, topic: str) 
             return sequencer.committable(tp)
 
         async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-            sequencer.forget(revoked)
+            if sequencer is not None:
+                sequencer.forget(revoked)
             await super().on_partitions_revoked(revoked)
 
         async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
             # Faust seeks every assigned partition back to its committed offset.
-            sequencer.forget(assigned)
+            if sequencer is not None:
+                sequencer.forget(assigned)
             await super().on_partitions_assigned(assigned, generation_id)
 
     class SequencedTransport(faust_aiokafka.Transport):
         Consumer = SequencedConsumer
+        Producer = DrainingProducer
 
     return SequencedTransport(app.conf.broker_consumer, app)
 
@@ -108,7 +149,7 @@ def sequenced_transport(app: faust.App, sequencer: OffsetSequencer, topic: str) 
 def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable[[], Awaitable[Pipeline]]) -> Any:
     sequencer = OffsetSequencer()
     # Must be set before anything builds the default transport (declaring a topic does).
-    app.transport = sequenced_transport(app, sequencer, settings.input_topic)
+    app.transport = worker_transport(app, sequencer, settings.input_topic)
     topic = app.topic(
         settings.input_topic,
         key_serializer="raw",

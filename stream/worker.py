@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -11,6 +12,7 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mode import Service
 
 from models.language import detect_language, primary_language
@@ -20,7 +22,7 @@ from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
 from stream.brands.query import Matcher, ReloadingCatalog
 from stream.emit import Emitter, Topics
-from stream.ingest import register_ingest
+from stream.ingest import register_ingest, worker_transport
 from stream.metrics import Metrics
 from stream.pipeline import BatchObserver, Pipeline, Ticket
 from stream.schema import ModelRef
@@ -37,14 +39,14 @@ LENGTH_BUCKETS = (16, 32, 64, 128)
 def create_app(settings: Settings) -> faust.App:
     # Faust creates its app folder but not the folders above it.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_commit_interval=settings.broker_commit_interval_s,
@@ -61,6 +63,10 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's per-app data folder; under the cache, not wherever the worker was started.
         datadir=str(settings.data_dir / "{conf.name}-data"),
     )
+    # Before anything builds Faust's default transport (declaring a topic does); the ingest role swaps
+    # in one that also sequences the input topic's commits.
+    app.transport = worker_transport(app)
+    return app
 
 
 def _faust_credentials(settings: Settings) -> Any:
@@ -174,7 +180,12 @@ class PipelineService(Service):
             batcher=batcher,
             backend=backend,
             manifest=manifest,
-            emitter=Emitter(self._producer, topics, ModelRef(manifest.name, manifest.version, backend.variant)),
+            emitter=Emitter(
+                self._producer,
+                topics,
+                ModelRef(manifest.name, manifest.version, backend.variant),
+                dlq_max_value_bytes=settings.dlq_max_value_bytes,
+            ),
             metrics=self.metrics,
             matcher=self._matcher,
             observer=self._observer,
@@ -243,13 +254,21 @@ class MetricsExporter(Service):
             self._server.close()
 
 
+class TopicConfigError(RuntimeError):
+    """A topic the worker relies on exists with a configuration that would lose data."""
+
+
 async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) -> None:
-    """Create the topics the worker reads and writes before Faust subscribes.
+    """Create the topics the worker reads and writes before Faust subscribes; check the changelogs.
 
     Faust ignores a missing source topic at subscription, and broker auto-create may be off. Table
     changelogs (`extra_topics`) are made here too: Faust creates them itself at start, but an agent that
     writes before the consumer's metadata has caught up sees 0 partitions and crashes (PartitionsMismatch).
+    Made here, they must be compacted as Faust would make them: with the broker's default delete policy a
+    restarted worker silently restored only what the retention (24 h locally) had kept. An existing
+    changelog without compaction stops the worker with the command that fixes it.
     """
+    changelogs = list(extra_topics)
     async with kafka_admin(settings) as admin:
         existing = set(await admin.list_topics())
         wanted = [
@@ -260,15 +279,49 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
             settings.mentions_topic,
             settings.brand_stats_topic,
             settings.alerts_topic,
-            *extra_topics,
         ]
         missing = [
-            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
-            for name in wanted
+            NewTopic(
+                name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name in changelogs else {},
+            )
+            for name in [*wanted, *changelogs]
             if name not in existing
         ]
         if missing:
             await admin.create_topics(missing)
+        # Every changelog, not only those listed before: one may have been made meanwhile by someone else.
+        if changelogs:
+            policies = await cleanup_policies(admin, changelogs)
+            # A topic made a moment ago can be unknown to the broker that answers describe_configs.
+            deadline = time.monotonic() + 10.0
+            while (unread := [n for n in changelogs if n not in policies]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                policies.update(await cleanup_policies(admin, unread))
+            if unread:
+                raise TopicConfigError(f"could not read cleanup.policy of changelog topics {unread}")
+            wrong = sorted(name for name, policy in policies.items() if "compact" not in policy.split(","))
+            if wrong:
+                raise TopicConfigError(
+                    f"changelog topics {wrong} are not compacted (cleanup.policy={[policies[n] for n in wrong]}); "
+                    "a restart would restore only what retention kept. Fix with: kafka-configs.sh --bootstrap-server "
+                    f"{settings.kafka_bootstrap} --alter --entity-type topics --entity-name <topic> "
+                    "--add-config cleanup.policy=compact (the local development broker: deploy/kafka/kafka.sh reset)"
+                )
+
+
+async def cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, str]:
+    """Each topic's effective cleanup.policy, asked of the cluster."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"cleanup.policy": None}) for name in topics]
+    policies: dict[str, str] = {}
+    for response in await admin.describe_configs(resources):
+        for _error_code, _message, _kind, name, entries, *_ in response.resources:
+            for entry in entries:
+                if entry[0] == "cleanup.policy":
+                    policies[name] = str(entry[1])
+    return policies
 
 
 @asynccontextmanager
