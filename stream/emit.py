@@ -123,7 +123,7 @@ def partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
 
 class Emitter:
     def __init__(
-        self, producer: AIOKafkaProducer, topics: Topics, model: ModelRef, dlq_max_value_bytes: int = 524_288
+        self, producer: AIOKafkaProducer, topics: Topics, model: ModelRef, dlq_max_value_bytes: int = 1_000_000
     ) -> None:
         self._producer = producer
         self._topics = topics

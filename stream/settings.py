@@ -71,9 +71,10 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(10_000, description="Texts longer than this go to the DLQ.")
     dlq_max_value_bytes: int = Field(
-        524_288,
+        1_000_000,
         description="Dead letters keep at most this many bytes of the original record (a prefix; its length "
-        "and sha256 are in headers). Keep it under the producer's 1 MB request limit.",
+        "and sha256 are in headers): whole up to the broker's default 1 MB message limit, and under the "
+        "producer's 1 MiB request limit with room for headers.",
     )
     languages: list[str] = Field(
         ["en"], description="Languages the model serves (JSON list); empty accepts every language."

@@ -19,7 +19,7 @@ from stream.schema import RejectReason
 from tests.integration.harness import Topics, WorkerProcess, produce, read_outputs
 
 HUGE = 1_500_000
-CAP = 524_288
+CAP = 1_000_000
 
 
 async def make_input_topic_that_takes(bootstrap: str, topic: str, max_bytes: int) -> None:
