@@ -41,29 +41,23 @@ def sigmoid(logits: FloatArray) -> FloatArray:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def head_logits(head: Head, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None) -> FloatArray:
-    """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores
-    (`lexicon`, when computed ahead, e.g. by stream.lexicon_pool; else here)."""
-    return logits if head.fusion is None else fused_logits(head.fusion, logits, texts, lexicon)
+def head_logits(head: Head, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
+    """The head's final logits: the graph's, or with a fusion, re-weighted with the texts' lexicon scores."""
+    return logits if head.fusion is None else fused_logits(head.fusion, logits, texts)
 
 
-def fused_logits(
-    fusion: LexiconFusion, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None
-) -> FloatArray:
-    scores = lexicon if lexicon is not None else lexicon_features(fusion.features, texts)
-    features = np.hstack([logits, scores])
+def fused_logits(fusion: LexiconFusion, logits: FloatArray, texts: Sequence[str]) -> FloatArray:
+    features = np.hstack([logits, lexicon_features(fusion.features, texts)])
     fused: FloatArray = (
         features @ np.asarray(fusion.weight, dtype=np.float32).T + np.asarray(fusion.bias, dtype=np.float32)
     ).astype(np.float32)
     return fused
 
 
-def decode_head(
-    head: Head, logits: FloatArray, texts: Sequence[str], lexicon: FloatArray | None = None
-) -> list[HeadResult]:
+def decode_head(head: Head, logits: FloatArray, texts: Sequence[str]) -> list[HeadResult]:
     labels = head.labels
     if head.activation == "softmax":
-        probabilities = softmax(head_logits(head, logits, texts, lexicon))
+        probabilities = softmax(head_logits(head, logits, texts))
         top = probabilities.argmax(axis=-1).tolist()
         return [
             HeadResult(scores=dict(zip(labels, row, strict=True)), labels=[labels[index]])
@@ -81,17 +75,9 @@ def decode_head(
     ]
 
 
-def decode_outputs(
-    manifest: Manifest, outputs: Outputs, texts: Sequence[str], lexicon: FloatArray | None = None
-) -> list[Prediction]:
-    """Per-text predictions from the graph's outputs for texts (the same texts, in the same order).
-
-    `lexicon`: the fusion's lexicon scores of these texts, if computed ahead (only the fused head reads it).
-    """
-    per_head = {
-        head.name: decode_head(head, outputs[head.output], texts, lexicon if head.fusion else None)
-        for head in manifest.heads
-    }
+def decode_outputs(manifest: Manifest, outputs: Outputs, texts: Sequence[str]) -> list[Prediction]:
+    """Per-text predictions from the graph's outputs for texts (the same texts, in the same order)."""
+    per_head = {head.name: decode_head(head, outputs[head.output], texts) for head in manifest.heads}
     batch = len(next(iter(per_head.values())))
     embeddings = outputs.get(manifest.embedding_output) if manifest.embedding_output else None
     return [
@@ -109,9 +95,8 @@ def predict(
     input_ids: npt.NDArray[np.int64],
     attention_mask: npt.NDArray[np.int64],
     texts: Sequence[str],
-    lexicon: FloatArray | None = None,
 ) -> list[Prediction]:
-    return decode_outputs(manifest, backend.run(input_ids, attention_mask), texts, lexicon)
+    return decode_outputs(manifest, backend.run(input_ids, attention_mask), texts)
 
 
 def _rounded(probabilities: FloatArray) -> list[list[float]]:
