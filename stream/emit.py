@@ -225,24 +225,37 @@ class Emitter:
         return records
 
     async def dead_letter(self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef) -> None:
-        """The original bytes with why and where in headers; past `dlq_max_value_bytes`, a prefix of them.
+        letter = dead_letter_record(raw, reason, detail, source, self._dlq_max_value_bytes)
+        await self._send(self._topics.dlq, letter.key, letter.value, letter.headers)
 
-        A record the input topic took can be larger than this producer may send (max_request_size); sent
-        whole, its dead letter failed on every retry and stopped the worker. The original's length and
-        sha256 always travel in headers, so a truncated letter still identifies its record.
-        """
-        original = raw or b""
-        value = original[: self._dlq_max_value_bytes]
-        headers = [
-            ("socialpulse.reason", reason.value.encode()),
-            ("socialpulse.detail", detail[:1000].encode("utf-8", "replace")),
-            ("socialpulse.source.topic", source.topic.encode()),
-            ("socialpulse.source.partition", str(source.partition).encode()),
-            ("socialpulse.source.offset", str(source.offset).encode()),
-            ("socialpulse.rejected_at", str(now_ms()).encode()),
-            ("socialpulse.original.length", str(len(original)).encode()),
-            ("socialpulse.original.sha256", hashlib.sha256(original).hexdigest().encode()),
-            ("socialpulse.truncated", b"true" if len(value) < len(original) else b"false"),
-        ]
-        key = f"{source.topic}:{source.partition}:{source.offset}"
-        await self._send(self._topics.dlq, key, value, headers)
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: str
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter_record(
+    raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, max_value_bytes: int
+) -> DeadLetter:
+    """The original bytes with why and where in headers; past `max_value_bytes`, a prefix of them.
+
+    A record the input topic took can be larger than a producer may send (max_request_size); sent whole,
+    its dead letter failed on every retry and stopped the worker. The original's length and sha256 always
+    travel in headers, so a truncated letter still identifies its record.
+    """
+    original = raw or b""
+    value = original[:max_value_bytes]
+    headers = [
+        ("socialpulse.reason", reason.value.encode()),
+        ("socialpulse.detail", detail[:1000].encode("utf-8", "replace")),
+        ("socialpulse.source.topic", source.topic.encode()),
+        ("socialpulse.source.partition", str(source.partition).encode()),
+        ("socialpulse.source.offset", str(source.offset).encode()),
+        ("socialpulse.rejected_at", str(now_ms()).encode()),
+        ("socialpulse.original.length", str(len(original)).encode()),
+        ("socialpulse.original.sha256", hashlib.sha256(original).hexdigest().encode()),
+        ("socialpulse.truncated", b"true" if len(value) < len(original) else b"false"),
+    ]
+    return DeadLetter(f"{source.topic}:{source.partition}:{source.offset}", value, headers)

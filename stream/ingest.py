@@ -1,18 +1,17 @@
 """Ingest stage: the Faust agent on the input topic, and the rule that decides which offsets are committed.
 
-Faust's own commit rule is unsafe for a batching consumer. `take()` acks its buffer when the agent is
-cancelled, and `Consumer._new_offset` lets a commit jump a hole: with no committed offset yet it commits
-the first run of acked offsets wherever it starts, and with one it tolerates a gap of exactly one
-message. Batches sorted by length complete out of offset order, so either would commit a post whose
-outputs were never produced, and a crash would lose it. Faust also acks, by itself, records it skips
-after a rebalance.
+Faust's own commit rule is unsafe for a consumer that must not lose records. `take()` acks its buffer
+when the agent is cancelled, and `Consumer._new_offset` lets a commit jump a hole: with no committed
+offset yet it commits the first run of acked offsets wherever it starts, and with one it tolerates a gap
+of exactly one message. Batches sorted by length complete out of offset order, so either would commit a
+post whose outputs were never produced, and a crash would lose it. Faust also acks, by itself, records
+its stream skips during a rebalance (flow stopped, or a message of an older generation).
 
-So the stream is `noack()`, and commits come from an `OffsetSequencer`: per partition, the records in
-delivery order; a record is done when every output produced from it is acknowledged by Kafka, and the
-committable offset is one past the longest done prefix. Faust's consumer is subclassed to ask the
-sequencer instead of its own ack lists, for the input topic only: the brand monitor's agent (same app,
-same consumer) handles its mentions one at a time in offset order and keeps Faust's rule, under which
-Faust flushes the producer (its outputs and table writes) before it commits.
+So the streams are `noack()`, and commits come from an `OffsetSequencer`: per partition, the records in
+delivery order; a record is done when every output produced from it (and every state write it made) is
+acknowledged by Kafka, and the committable offset is one past the longest done prefix. Faust's consumer
+is subclassed to ask the sequencer instead of its own ack lists for the topics the sequencer governs: the
+input topic (ingest) and the mentions topic (the brand monitor). Other topics keep Faust's rule.
 """
 
 from __future__ import annotations
@@ -46,6 +45,11 @@ class OffsetSequencer:
 
     _pending: dict[TP, deque[_Pending]] = field(default_factory=dict)
     _committable: dict[TP, int] = field(default_factory=dict)
+    topics: set[str] = field(default_factory=set)
+
+    def govern(self, topic: str) -> None:
+        """Commits of `topic` follow this sequencer from now on (its agent must track every record)."""
+        self.topics.add(topic)
 
     def track(self, tp: TP, offset: int) -> Callable[[], None]:
         """Register a delivered record; returns the callback that marks it done."""
@@ -110,15 +114,13 @@ class DrainingProducer(faust_aiokafka.Producer):
         self.buffer = buffer
 
 
-def worker_transport(
-    app: faust.App, sequencer: OffsetSequencer | None = None, topic: str | None = None
-) -> faust_aiokafka.Transport:
-    """Faust's aiokafka transport with a producer whose flush drains, and, when given, the commits of
-    `topic` decided by `sequencer` (every other topic keeps Faust's rule)."""
+def worker_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokafka.Transport:
+    """Faust's aiokafka transport with a producer whose flush drains, and the commits of the topics
+    `sequencer` governs decided by it (every other topic keeps Faust's rule)."""
 
     class SequencedConsumer(faust_aiokafka.Consumer):
         def _new_offset(self, tp: TP) -> int | None:
-            if sequencer is None or tp.topic != topic:
+            if tp.topic not in sequencer.topics:
                 # The sequencer tracks no other topic: answering for one would never commit it, and every
                 # restart would re-read it from the start of its retention.
                 return super()._new_offset(tp)
@@ -129,27 +131,34 @@ def worker_transport(
             return sequencer.committable(tp)
 
         async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-            if sequencer is not None:
-                sequencer.forget(revoked)
+            sequencer.forget(revoked)
             await super().on_partitions_revoked(revoked)
 
         async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
             # Faust seeks every assigned partition back to its committed offset.
-            if sequencer is not None:
-                sequencer.forget(assigned)
+            sequencer.forget(assigned)
             await super().on_partitions_assigned(assigned, generation_id)
 
     class SequencedTransport(faust_aiokafka.Transport):
         Consumer = SequencedConsumer
         Producer = DrainingProducer
 
-    return SequencedTransport(app.conf.broker_consumer, app)
+    transport = SequencedTransport(app.conf.broker_consumer, app)
+    transport.sequencer = sequencer  # type: ignore[attr-defined]
+    return transport
+
+
+def commit_sequencer(app: faust.App) -> OffsetSequencer:
+    """The sequencer of the app's transport (installed by create_app), for an agent to register its topic."""
+    sequencer = getattr(app.transport, "sequencer", None)
+    if not isinstance(sequencer, OffsetSequencer):
+        raise RuntimeError("the app's transport does not sequence commits: build the app with create_app")
+    return sequencer
 
 
 def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable[[], Awaitable[Pipeline]]) -> Any:
-    sequencer = OffsetSequencer()
-    # Must be set before anything builds the default transport (declaring a topic does).
-    app.transport = worker_transport(app, sequencer, settings.input_topic)
+    sequencer = commit_sequencer(app)
+    sequencer.govern(settings.input_topic)
     topic = app.topic(
         settings.input_topic,
         key_serializer="raw",

@@ -45,6 +45,8 @@ class RejectReason(enum.StrEnum):
     INFERENCE_FAILED = "inference_failed"
     # Handling the record raised something no rule above names: a bug of ours, kept replayable in the DLQ.
     INTERNAL_ERROR = "internal_error"
+    # A mentions-topic record the brand monitor cannot decode (not written by socialpulse, or corrupted).
+    INVALID_MENTION = "invalid_mention"
 
 
 class Timestamps(msgspec.Struct, frozen=True):

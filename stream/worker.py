@@ -22,7 +22,7 @@ from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
 from stream.brands.query import Matcher, ReloadingCatalog
 from stream.emit import Emitter, Topics
-from stream.ingest import register_ingest, worker_transport
+from stream.ingest import OffsetSequencer, register_ingest, worker_transport
 from stream.metrics import Metrics
 from stream.pipeline import BatchObserver, Pipeline, Ticket
 from stream.schema import ModelRef
@@ -63,9 +63,9 @@ def create_app(settings: Settings) -> faust.App:
         # Faust's per-app data folder; under the cache, not wherever the worker was started.
         datadir=str(settings.data_dir / "{conf.name}-data"),
     )
-    # Before anything builds Faust's default transport (declaring a topic does); the ingest role swaps
-    # in one that also sequences the input topic's commits.
-    app.transport = worker_transport(app)
+    # Before anything builds Faust's default transport (declaring a topic does); the agents register the
+    # topics whose commits the sequencer decides.
+    app.transport = worker_transport(app, OffsetSequencer())
     return app
 
 

@@ -17,6 +17,13 @@ tick record into each partition this worker owns every `tick_s`; a tick on an id
 Ticks travel through the topic, so they are ordered with the mentions and table writes stay in the right
 partition. Processing is at-least-once: a mention redelivered after a crash is recognised by post id and not
 counted twice; an output may be sent twice, and carries a stable id (alert_id; brand + window for stats).
+
+Commits (the pipeline's rule, stream/ingest.py): the stream is `noack()` and the mentions topic's offsets
+come from the commit sequencer. A record is done once its outputs and the table flush that holds its state
+writes are acknowledged by Kafka; a send that fails stops the worker with nothing committed past it. A
+record the monitor cannot handle goes to the dead-letter topic (`invalid_mention`, `internal_error`), and
+its partition's state is rolled back to the last flush and the records since replayed, so no half-made
+change of the failed record is kept.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 import faust
 import msgspec
@@ -34,8 +42,11 @@ from faust.types import TP
 from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.webhook import AlertmanagerWebhook, WebhookError
-from stream.schema import BrandMention
+from stream.emit import dead_letter_record
+from stream.ingest import commit_sequencer
+from stream.schema import BrandMention, RejectReason
 from stream.settings import Settings
+from stream.validate import SourceRef
 
 log = logging.getLogger(__name__)
 
@@ -107,38 +118,44 @@ class StructTable(MutableMapping[str, T], Generic[T]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def flush(self) -> None:
+    def flush(self) -> list[Awaitable[Any]]:
         """Store every waiting write and send it to the changelog partition of the record that made it (what
-        Faust's own table writes use, so recovery restores each key with its partition)."""
+        Faust's own table writes use, so recovery restores each key with its partition); returns the sends,
+        which resolve when Kafka acknowledges them."""
         unflushed, self._unflushed = self._unflushed, {}
+        sends: list[Awaitable[Any]] = []
         for key, (partition, value) in unflushed.items():
             stored = key.encode()
             if value is None:
                 self._decoded.pop(key, None)
                 self._table.data.pop(stored, None)
-                self._table.send_changelog(partition, stored, None, value_serializer="raw")
+                sends.append(self._table.send_changelog(partition, stored, None, value_serializer="raw"))
             else:
                 raw = self._encoder.encode(value)
                 self._table.data[stored] = raw
-                self._table.send_changelog(partition, stored, raw)
+                sends.append(self._table.send_changelog(partition, stored, raw))
                 self._decoded[key] = (raw, value)
+        return sends
 
     def discard(self, partitions: set[int]) -> None:
-        """Forget the waiting writes of partitions this worker lost: their next owner restores the changelog."""
+        """Forget the waiting writes of `partitions`: back to what the last flush stored.
+
+        The monitor changes the structs it reads in place, the decoded cache's too, so the cache goes as
+        well and every key is decoded afresh from the stored bytes."""
         for key in [k for k, (p, _) in self._unflushed.items() if p in partitions]:
             del self._unflushed[key]
+        self._decoded.clear()
 
 
 class CommitFlush(faust.Sensor):
-    """Flushes the brand tables as each offset commit begins, before Faust picks the offsets it commits."""
+    """Flushes the brand tables as each offset commit begins (the records it settles count at the next)."""
 
-    def __init__(self, tables: Sequence[StructTable[Any]]) -> None:
+    def __init__(self, flush: Callable[[], None]) -> None:
         super().__init__()
-        self._tables = tables
+        self._flush = flush
 
     def on_commit_initiated(self, consumer: Any) -> None:
-        for table in self._tables:
-            table.flush()
+        self._flush()
 
 
 def _current_partition() -> int:
@@ -146,6 +163,17 @@ def _current_partition() -> int:
     if event is None:
         raise RuntimeError("brand state can only change while the agent handles a record")
     return int(event.message.partition)
+
+
+@dataclass(slots=True)
+class Handled:
+    """A record handled since the last flush; settled (done, acked) once `sends` and that flush are acknowledged."""
+
+    event: Any
+    done: Callable[[], None]
+    sends: list[Awaitable[Any]] = field(default_factory=list)
+    # The record's bytes while its state changes may have to be replayed; None for a dead-lettered one.
+    replay: bytes | None = None
 
 
 class BrandAgents:
@@ -163,6 +191,10 @@ class BrandAgents:
         self.app = app
         self.idle_ms = int(idle_s * 1000)
         self.mentions = app.topic(settings.mentions_topic, key_type=bytes, value_type=bytes, partitions=partitions)
+        self.sequencer = commit_sequencer(app)
+        self.sequencer.govern(settings.mentions_topic)
+        self.dead_letters = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+        self.dlq_max_value_bytes = settings.dlq_max_value_bytes
         self.stats_topic = app.topic(settings.brand_stats_topic, key_type=bytes, value_type=bytes)
         self.alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes)
         self.brand_table = app.Table("brand-monitor-state", key_type=bytes, value_type=bytes, partitions=partitions)
@@ -183,6 +215,11 @@ class BrandAgents:
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
         self._clocks: dict[int, tuple[int, int]] = {}
         self._due: dict[int, int | None] = {}
+        # The clocks as the last flush left them, and the records handled since, per partition.
+        self._flushed_clocks: tuple[dict[int, tuple[int, int]], dict[int, int | None]] = ({}, {})
+        self._handled: dict[int, list[Handled]] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+        self.stream: Any = None
         self._encoder = msgspec.json.Encoder()
         self._mention_decoder = msgspec.json.Decoder(BrandMention)
         self._tick_decoder = msgspec.json.Decoder(Tick)
@@ -230,22 +267,93 @@ class BrandAgents:
         idle = wall - seen_wall
         return self._advance(partition, event_ms + idle) if idle >= self.idle_ms else []
 
+    def apply(self, partition: int, key: bytes | None, raw: bytes) -> list[Output]:
+        return self.on_tick(partition, raw) if key == TICK_KEY else self.on_mention(partition, raw)
+
+    async def handle(self, event: Any) -> None:
+        """Apply one mentions-topic record and send its outputs; its commit waits for them and its flush."""
+        message = event.message
+        partition = message.partition
+        handled = Handled(event, self.sequencer.track(message.tp, message.offset))
+        try:
+            outputs = self.apply(partition, event.key, event.value)
+            handled.sends = await self.emit(outputs)
+            handled.replay = event.value
+        except Exception as error:
+            undecodable = isinstance(error, msgspec.DecodeError)
+            reason = RejectReason.INVALID_MENTION if undecodable else RejectReason.INTERNAL_ERROR
+            source = SourceRef(message.topic, partition, message.offset)
+            log.error("brand monitor: %s at %s[%d]@%d: %r", reason.value, source.topic, partition, source.offset, error)
+            if not undecodable:  # a record is decoded before it changes anything
+                self._roll_back(partition)
+            letter = dead_letter_record(event.value, reason, repr(error), source, self.dlq_max_value_bytes)
+            handled.sends = [
+                await self.dead_letters.send(key=letter.key.encode(), value=letter.value, headers=letter.headers)
+            ]
+        self._handled.setdefault(partition, []).append(handled)
+
+    def _roll_back(self, partition: int) -> None:
+        """Undo what the failed record changed: the partition's state back to the last flush, then the records
+        handled since applied again (their outputs are already sent)."""
+        for table in self.tables:
+            table.discard({partition})
+        clocks, dues = self._flushed_clocks
+        self._clocks.pop(partition, None)
+        self._due.pop(partition, None)
+        if partition in clocks:
+            self._clocks[partition] = clocks[partition]
+        if partition in dues:
+            self._due[partition] = dues[partition]
+        for handled in self._handled.get(partition, []):
+            if handled.replay is not None:
+                self.apply(partition, handled.event.key, handled.replay)
+
+    def flush(self) -> None:
+        """Send every waiting state write; the records handled so far settle once it and their outputs are acked."""
+        changelog = [send for table in self.tables for send in table.flush()]
+        handled = [h for records in self._handled.values() for h in records]
+        self._handled = {}
+        self._flushed_clocks = (dict(self._clocks), dict(self._due))
+        if handled or changelog:
+            task = asyncio.ensure_future(self._settle(handled, changelog))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, handled: list[Handled], changelog: list[Awaitable[Any]]) -> None:
+        try:
+            await asyncio.gather(*changelog, *(send for h in handled for send in h.sends))
+        except Exception as error:
+            # Acking now would commit records whose state or outputs Kafka does not have.
+            log.error("brand monitor: a state write or output was not acknowledged, stopping: %r", error)
+            await self.app.crash(error)
+            return
+        for h in handled:
+            h.done()
+            await self.stream.ack(h.event)
+
     def on_revoked(self, revoked: set[TP]) -> None:
         """Lost partitions: what their records changed and no commit flushed is the next owner's to redo."""
         partitions = {tp.partition for tp in revoked if tp.topic == self.mentions.get_topic_name()}
         for table in self.tables:
             table.discard(partitions)
+        for partition in partitions:
+            self._handled.pop(partition, None)
+            self._clocks.pop(partition, None)
+            self._due.pop(partition, None)
 
-    async def emit(self, outputs: list[Output]) -> None:
+    async def emit(self, outputs: list[Output]) -> list[Awaitable[Any]]:
+        """Send the outputs; returns their deliveries, which resolve when Kafka acknowledges them."""
+        sends: list[Awaitable[Any]] = []
         for output in outputs:
             key = output.brand.encode()
             value = self._encoder.encode(output)
             if isinstance(output, Alert | AuthorEscalation):
-                await self.alerts_topic.send(key=key, value=value)
+                sends.append(await self.alerts_topic.send(key=key, value=value))
                 if isinstance(output, Alert) and self.webhook_queue is not None:
                     self.webhook_queue.put_nowait(output)
             else:
-                await self.stats_topic.send(key=key, value=value)
+                sends.append(await self.stats_topic.send(key=key, value=value))
+        return sends
 
     async def send_ticks(self) -> None:
         tick = self._encoder.encode(Tick(_wall_ms()))
@@ -286,25 +394,16 @@ def register_brand_agents(
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            partition = event.message.partition
-            raw = event.value
-            if event.key == TICK_KEY:
-                outputs = agents.on_tick(partition, raw)
-            else:
-                try:
-                    outputs = agents.on_mention(partition, raw)
-                except msgspec.DecodeError as error:
-                    where = f"{event.message.topic}[{partition}]@{event.message.offset}"
-                    log.error("skipping an undecodable brand mention at %s: %s", where, error)
-                    continue
-            await agents.emit(outputs)
+        # noack() lives on the Stream implementation, not on the StreamT interface.
+        agents.stream = cast(faust.Stream[bytes], stream).noack()
+        async for event in agents.stream.events():
+            await agents.handle(event)
 
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         agents.on_revoked(args[0])
 
     app.on_partitions_revoked.connect(on_revoked)
-    app.sensors.add(CommitFlush(agents.tables))
+    app.sensors.add(CommitFlush(agents.flush))
 
     # Called, not used as a decorator: Faust's timer is untyped.
     app.timer(tick_s, name="socialpulse-brand-ticks")(agents.send_ticks)

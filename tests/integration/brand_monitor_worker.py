@@ -1,19 +1,37 @@
-"""A Faust worker running only the brand monitor agent (no model): `python brand_monitor_worker.py worker`."""
+"""A Faust worker running only the brand monitor agent (no model): `python brand_monitor_worker.py worker`.
+
+BRAND_TEST_FAIL_AFTER_OBSERVING=<post id> stands in for a bug in the monitor: observing that post raises
+after the monitor has changed its state.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import faust
 
 from stream.brands.agent import register_brand_agents
+from stream.brands.model import Output
 from stream.brands.monitor import MonitorConfig
+from stream.schema import BrandMention
 from stream.settings import Settings
 from stream.worker import changelog_topics, create_app, ensure_topics
 
 settings = Settings()
 app = create_app(settings)
-register_brand_agents(app, settings, MonitorConfig(), tick_s=1.0, idle_s=60.0)
+agents = register_brand_agents(app, settings, MonitorConfig(), tick_s=1.0, idle_s=60.0)
+
+if poison := os.environ.get("BRAND_TEST_FAIL_AFTER_OBSERVING"):
+    observe = agents.monitor.observe
+
+    def observe_then_fail(mention: BrandMention) -> list[Output]:
+        outputs = observe(mention)
+        if mention.post_id == poison:
+            raise RuntimeError(f"injected failure after observing {poison}")
+        return outputs
+
+    agents.monitor.observe = observe_then_fail  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     asyncio.run(ensure_topics(settings, changelog_topics(app)))

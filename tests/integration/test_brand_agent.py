@@ -49,15 +49,10 @@ def mentions_for(spec: StreamSpec) -> list[BrandMention]:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("brand_monitor_worker.py")),
-            "worker",
-            "--web-port",
-            str(free_port()),
-        ],
+        [sys.executable, str(Path(__file__).with_name("brand_monitor_worker.py")), "worker"],
         cwd=REPO_ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)},
+        # The app's web port, not faust's --web-port flag, decides where it listens.
+        env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT), "SOCIALPULSE_WEB_PORT": str(free_port())},
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -65,39 +60,111 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def produce(bootstrap: str, topic: str, mentions: list[BrandMention]) -> None:
+    encoder = msgspec.json.Encoder()
+    await produce_raw(bootstrap, topic, [(m.brand.encode(), encoder.encode(m)) for m in mentions])
+
+
+async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     try:
-        encoder = msgspec.json.Encoder()
-        sent = [await producer.send(topic, key=m.brand.encode(), value=encoder.encode(m)) for m in mentions]
+        sent = [await producer.send(topic, key=key, value=value) for key, value in records]
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
 
 
-async def read_stats(bootstrap: str, topic: str, until: int, timeout: float) -> dict[tuple[str, str, int], BrandStats]:
-    """Every window stat that ends at or before `until`, deduplicated by (brand, kind, start)."""
+async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, dict[str, str]] | None = None) -> None:
+    """The topics the brand monitor reads and writes, `configs` per topic name."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = (settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic, settings.dlq_topic)
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=1,
+                    topic_configs=(configs or {}).get(name, {}),
+                )
+                for name in names
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+def expected_stats(mentions: list[BrandMention], until: int) -> dict[tuple[str, str, int], BrandStats]:
+    """What an uninterrupted monitor emits for `mentions`: the stats of windows ending at or before `until`."""
+    reference = BrandMonitor(MonitorConfig())
+    outputs: list[Output] = []
+    for m in mentions:
+        outputs += reference.advance(m.created_at) + reference.observe(m)
+    return {
+        (o.brand, o.window.kind, o.window.start): o
+        for o in outputs
+        if isinstance(o, BrandStats) and o.window.end <= until
+    }
+
+
+def with_sentinels(mentions: list[BrandMention]) -> tuple[list[BrandMention], int]:
+    """The mentions and one per brand far after them, which closes every window up to the returned end
+    plus 10 minutes in every partition."""
+    last = max(m.created_at for m in mentions)
+    end = last - last % MINUTE + MINUTE
+    sentinels = [
+        msgspec.structs.replace(m, post_id=f"sentinel-{m.brand}", created_at=end + 20 * MINUTE)
+        for m in {m.brand: m for m in mentions}.values()
+    ]
+    return [*mentions, *sentinels], end
+
+
+def brand_env(bootstrap: str) -> tuple[dict[str, str], Settings]:
+    env = {
+        **Topics().env(),
+        "SOCIALPULSE_KAFKA_BOOTSTRAP": bootstrap,
+        "SOCIALPULSE_BROKER_COMMIT_INTERVAL_S": "0.5",
+        "SOCIALPULSE_BROKER_SESSION_TIMEOUT_S": "6",
+    }
+    settings = Settings(**{k.removeprefix("SOCIALPULSE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    return env, settings
+
+
+async def read_stats(
+    bootstrap: str,
+    topic: str,
+    until: int,
+    timeout: float,
+    expect: set[tuple[str, str, int]] | None = None,
+) -> dict[tuple[str, str, int], BrandStats]:
+    """Every window stat that ends at or before `until`, deduplicated by (brand, kind, start), read until it
+    holds every key of `expect` (without: a window that ends at `until`), then for 2 s more."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     found: dict[tuple[str, str, int], BrandStats] = {}
+
+    async def poll() -> None:
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            for record in records:
+                output = OutputUnion.decode(record.value or b"")
+                if isinstance(output, BrandStats) and output.window.end <= until:
+                    key = (output.brand, output.window.kind, output.window.start)
+                    assert key not in found or found[key] == output, (found[key], output)
+                    found[key] = output
+
+    def complete() -> bool:
+        if expect is not None:
+            return expect <= found.keys()
+        return bool(found) and max(s.window.end for s in found.values()) >= until
+
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    output = OutputUnion.decode(record.value or b"")
-                    if isinstance(output, BrandStats) and output.window.end <= until:
-                        key = (output.brand, output.window.kind, output.window.start)
-                        assert key not in found or found[key] == output, (found[key], output)
-                        found[key] = output
-            if found and max(s.window.end for s in found.values()) >= until:
-                await asyncio.sleep(2)
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        output = OutputUnion.decode(record.value or b"")
-                        if isinstance(output, BrandStats) and output.window.end <= until:
-                            found[(output.brand, output.window.kind, output.window.start)] = output
-                return found
+        while time.monotonic() < deadline and not complete():
+            await poll()
+        settle = time.monotonic() + 2
+        while time.monotonic() < settle:
+            await poll()
     finally:
         await consumer.stop()
     return found
@@ -108,41 +175,10 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
 ) -> None:
     spec = StreamSpec(minutes=12, seed=3, per_minute=15, bursts=[Burst("Acme", 8.0, minutes=2)])
     mentions = mentions_for(spec)
-    # One sentinel per brand far after the stream closes every window of interest in every partition.
-    last = max(m.created_at for m in mentions)
-    end = last - last % MINUTE + MINUTE
-    sentinels = [
-        msgspec.structs.replace(m, post_id=f"sentinel-{m.brand}", created_at=end + 20 * MINUTE)
-        for m in {m.brand: m for m in mentions}.values()
-    ]
-
-    reference = BrandMonitor(MonitorConfig())
-    outputs: list[Output] = []
-    for m in [*mentions, *sentinels]:
-        outputs += reference.advance(m.created_at) + reference.observe(m)
-    expected = {
-        (o.brand, o.window.kind, o.window.start): o
-        for o in outputs
-        if isinstance(o, BrandStats) and o.window.end <= end + 10 * MINUTE
-    }
-
-    topics = Topics()
-    env = {
-        **topics.env(),
-        "SOCIALPULSE_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "SOCIALPULSE_BROKER_COMMIT_INTERVAL_S": "0.5",
-        "SOCIALPULSE_BROKER_SESSION_TIMEOUT_S": "6",
-    }
-    settings = Settings(**{k.removeprefix("SOCIALPULSE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    await admin.create_topics(
-        [
-            NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1)
-            for t in (settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic)
-        ]
-    )
-    await admin.close()
+    stream, end = with_sentinels(mentions)
+    expected = expected_stats(stream, end + 10 * MINUTE)
+    env, settings = brand_env(kafka.bootstrap)
+    await create_topics(kafka.bootstrap, settings)
 
     # Cut in the middle of a window: the worker holds a half-filled window when it dies.
     cut = next(i for i, m in enumerate(mentions) if m.created_at >= spec.start_ms + 6 * MINUTE + 30_000)
@@ -156,16 +192,99 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
 
-    await produce(kafka.bootstrap, settings.mentions_topic, mentions[cut:] + sentinels)
+    await produce(kafka.bootstrap, settings.mentions_topic, stream[cut:])
     second = start_worker(env, log)
     try:
-        found = await read_stats(kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180)
+        found = await read_stats(
+            kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180, expect=set(expected)
+        )
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=60)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert set(found) == set(expected), tail
     assert found == expected, tail
+
+
+async def read_dead_letters(bootstrap: str, topic: str, expect: int, timeout: float) -> list[dict[str, bytes]]:
+    """The headers of the topic's records (plus the value under "value"), once `expect` are in or at the timeout."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    letters: list[dict[str, bytes]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(letters) < expect and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                letters += [{**dict(r.headers), "value": r.value or b""} for r in records]
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_a_mention_the_monitor_fails_on_is_dead_lettered_and_its_changes_undone(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    # Any error while handling a mention acked it anyway (Faust's stream acks the event it was on), with
+    # whatever the monitor had changed kept; only undecodable mentions were caught, logged and skipped.
+    mentions = mentions_for(StreamSpec(minutes=6, seed=4, per_minute=15))
+    poison = mentions[len(mentions) // 2]
+    undecodable = (poison.brand.encode(), b"\xff\xfe not a mention")
+    stream, end = with_sentinels(mentions)
+    expected = expected_stats([m for m in stream if m is not poison], end + 10 * MINUTE)
+    env, settings = brand_env(kafka.bootstrap)
+    await create_topics(kafka.bootstrap, settings)
+    cut = len(mentions) // 3
+    encoder = msgspec.json.Encoder()
+    records = [(m.brand.encode(), encoder.encode(m)) for m in stream]
+    await produce_raw(kafka.bootstrap, settings.mentions_topic, [*records[:cut], undecodable, *records[cut:]])
+
+    log = tmp_path / "worker.log"
+    worker = start_worker({**env, "BRAND_TEST_FAIL_AFTER_OBSERVING": poison.post_id}, log)
+    try:
+        found = await read_stats(
+            kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180, expect=set(expected)
+        )
+        letters = await read_dead_letters(kafka.bootstrap, settings.dlq_topic, expect=2, timeout=30)
+        ends, committed = await wait_for_commits(
+            kafka.bootstrap, env["SOCIALPULSE_APP_ID"], settings.mentions_topic, 30
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    reasons = sorted(letter["socialpulse.reason"].decode() for letter in letters)
+    assert reasons == ["internal_error", "invalid_mention"], (letters, tail)
+    poisoned = next(letter for letter in letters if letter["socialpulse.reason"] == b"internal_error")
+    assert msgspec.json.decode(poisoned["value"], type=BrandMention) == poison
+    assert found == expected, tail
+    assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
+
+
+async def test_outputs_kafka_refuses_stop_the_worker_before_their_mentions_are_committed(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    # Faust only logs a failed send; the mentions behind it were committed all the same, and their window
+    # stats were lost for good.
+    mentions = mentions_for(StreamSpec(minutes=4, seed=5, per_minute=15))
+    stream, _ = with_sentinels(mentions)
+    env, settings = brand_env(kafka.bootstrap)
+    # Every window stat is larger than this, so the broker refuses each one.
+    await create_topics(kafka.bootstrap, settings, {settings.brand_stats_topic: {"max.message.bytes": "64"}})
+    await produce(kafka.bootstrap, settings.mentions_topic, stream)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        exit_code = await asyncio.to_thread(worker.wait, 120)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    ends, committed = await wait_for_commits(kafka.bootstrap, env["SOCIALPULSE_APP_ID"], settings.mentions_topic, 1)
+    assert exit_code != 0, tail
+    assert "was not acknowledged, stopping" in log.read_text(errors="replace"), tail
+    with_mentions = [p for p, offset in ends.items() if offset > 0]
+    assert with_mentions and all(committed.get(p, 0) < ends[p] for p in with_mentions), (ends, committed, tail)
 
 
 async def wait_for_commits(
