@@ -131,8 +131,10 @@ def worker_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokaf
             return sequencer.committable(tp)
 
         async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-            sequencer.forget(revoked)
+            # Faust waits here for the records in hand to be acked and commits as they are, while the
+            # partitions are still ours; forgotten first, that finished work was left to the next owner.
             await super().on_partitions_revoked(revoked)
+            sequencer.forget(revoked)
 
         async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
             # Faust seeks every assigned partition back to its committed offset.

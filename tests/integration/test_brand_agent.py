@@ -287,6 +287,36 @@ async def test_outputs_kafka_refuses_stop_the_worker_before_their_mentions_are_c
     assert with_mentions and all(committed.get(p, 0) < ends[p] for p in with_mentions), (ends, committed, tail)
 
 
+async def test_a_worker_that_loses_its_partitions_commits_the_work_it_finished(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    # Revoked partitions were forgotten before Faust's revoke-time commit ran, so what the worker had
+    # finished since its last periodic commit was not committed and their next owner did it again.
+    spec = StreamSpec(minutes=3, seed=6, per_minute=15)
+    mentions = mentions_for(spec)
+    env, settings = brand_env(kafka.bootstrap)
+    env["SOCIALPULSE_BROKER_COMMIT_INTERVAL_S"] = "120"  # no periodic commit during the test
+    await create_topics(kafka.bootstrap, settings)
+    await produce(kafka.bootstrap, settings.mentions_topic, mentions)
+    log = tmp_path / "worker.log"
+    first = start_worker(env, log)
+    second = None
+    try:
+        await read_stats(kafka.bootstrap, settings.brand_stats_topic, spec.start_ms + MINUTE, timeout=120)
+        await asyncio.sleep(3)  # every mention handled
+        second = start_worker(env, log)  # joins the group: the first worker's partitions are revoked
+        ends, committed = await wait_for_commits(
+            kafka.bootstrap, env["SOCIALPULSE_APP_ID"], settings.mentions_topic, 60
+        )
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
+
+
 async def wait_for_commits(
     bootstrap: str, group: str, topic: str, timeout: float
 ) -> tuple[dict[int, int], dict[int, int]]:
