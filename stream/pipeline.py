@@ -17,6 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from models.manifest import Manifest
 from stream.backends.base import InferenceBackend
 from stream.batch import Batch, Batcher, Job
@@ -67,6 +70,7 @@ class Pipeline:
         metrics: Metrics,
         matcher: Matcher | None = None,
         observer: BatchObserver | None = None,
+        probe_attempts: int = 3,
     ) -> None:
         self._validator = validator
         self._batcher = batcher
@@ -76,6 +80,11 @@ class Pipeline:
         self._metrics = metrics
         self._matcher = matcher
         self._observer = observer
+        self._probe_attempts = probe_attempts
+        # One row that inference last ran on (before any: the warm-up's shape), to tell bad posts from a
+        # broken model when every post of a batch fails.
+        ones = np.ones((1, 8), dtype=np.int64)
+        self._known_good: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] = (ones, ones)
         self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="socialpulse-infer")
         self._pending: set[asyncio.Task[None]] = set()
         self._busy_seconds = 0.0
@@ -193,26 +202,50 @@ class Pipeline:
         metrics.batch_tokens.observe(batch.padded_tokens)
         metrics.padding_ratio.set(1.0 - batch.real_tokens / batch.padded_tokens)
         try:
-            return list(await self._run_backend(batch))
+            predictions: list[Prediction | None] = list(await self._run_backend(batch))
         except Exception:
             log.exception("batch of %d failed in inference; retrying its posts one by one", len(batch.jobs))
-        return [await self._infer_alone(job) for job in batch.jobs]
+        else:
+            self._known_good = (batch.input_ids[:1], batch.attention_mask[:1])
+            return predictions
+        results = [await self._infer_alone(job) for job in batch.jobs]
+        failed = [(job, r) for job, r in zip(batch.jobs, results, strict=True) if isinstance(r, BaseException)]
+        if len(failed) == len(batch.jobs) and not await self._model_works():
+            # An outage (lost GPU, wrong model), not bad input: dead-lettering would divert the whole stream.
+            if not self.failure.done():
+                self.failure.set_exception(
+                    PipelineFailed(
+                        f"inference fails on input it ran before (last error: {failed[-1][1]!r}); "
+                        "stopping with the batch's posts uncommitted"
+                    )
+                )
+            return [None] * len(batch.jobs)
+        for job, error in failed:
+            ticket = job.ticket
+            self._spawn(
+                self._dead_letter(ticket.raw, RejectReason.INFERENCE_FAILED, repr(error), ticket.source, ticket.ack)
+            )
+        return [None if isinstance(r, BaseException) else r for r in results]
 
-    async def _infer_alone(self, job: Job[Ticket]) -> Prediction | None:
+    async def _infer_alone(self, job: Job[Ticket]) -> Prediction | BaseException:
         try:
             return (await self._run_backend(self._batcher.make_batch([job])))[0]
         except Exception as error:
             log.exception("post %s failed in inference", job.ticket.valid.post.id)
-            self._spawn(
-                self._dead_letter(
-                    job.ticket.raw,
-                    RejectReason.INFERENCE_FAILED,
-                    repr(error),
-                    job.ticket.source,
-                    job.ticket.ack,
-                )
-            )
-            return None
+            return error
+
+    async def _model_works(self) -> bool:
+        """Whether the backend still runs what it ran before, trying `probe_attempts` times a second apart."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(self._probe_attempts):
+            if attempt:
+                await asyncio.sleep(1.0)
+            try:
+                await loop.run_in_executor(self._inference_thread, self._backend.run, *self._known_good)
+                return True
+            except Exception:
+                log.exception("inference probe %d of %d failed", attempt + 1, self._probe_attempts)
+        return False
 
     def _enrich(self, job: Job[Ticket], prediction: Prediction) -> Enriched:
         sentiment = prediction.heads[SENTIMENT_HEAD]

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     max_inflight_tokens: int = Field(
         65_536, description="Tokens queued or running; above it the agent stops taking records (pause)."
     )
+    inference_probe_attempts: int = Field(
+        3,
+        description="When every post of a batch fails inference, tries (1 s apart) of input that ran before; if "
+        "all fail, the model is broken (lost GPU, wrong model): the worker stops instead of dead-lettering.",
+    )
 
     # Worker
     broker_session_timeout_s: float = 10.0

@@ -189,6 +189,7 @@ class PipelineService(Service):
             metrics=self.metrics,
             matcher=self._matcher,
             observer=self._observer,
+            probe_attempts=settings.inference_probe_attempts,
         )
         self.add_future(self._pipeline.run())
         self.add_future(self._watch_failure(self._pipeline))
