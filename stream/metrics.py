@@ -79,6 +79,11 @@ class Metrics:
         self.brand_posts = Counter(
             "socialpulse_brand_posts_total", "Posts matched to each brand.", ["brand"], registry=r
         )
+        self.brand_hints_dropped = Counter(
+            "socialpulse_brand_hints_dropped_total",
+            "Brand hints dropped because SOCIALPULSE_MAX_HINTED_BRANDS other names already became brands.",
+            registry=r,
+        )
         self.brand_sentiment = Counter(
             "socialpulse_brand_sentiment_total",
             "Posts per brand and sentiment label.",

@@ -9,6 +9,7 @@ heartbeating; the next window is tokenized while the current batch runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from models.manifest import Manifest
 from stream.backends.base import InferenceBackend
 from stream.batch import Batch, Batcher, Job
-from stream.brands.query import Matcher, post_brands
+from stream.brands.query import HintedBrands, Matcher, post_brands
 from stream.emit import Emitter, Enriched, now_ms
 from stream.infer import Prediction, predict
 from stream.metrics import Metrics
@@ -71,6 +72,7 @@ class Pipeline:
         matcher: Matcher | None = None,
         observer: BatchObserver | None = None,
         probe_attempts: int = 3,
+        hinted_brands: int = 200,
     ) -> None:
         self._validator = validator
         self._batcher = batcher
@@ -81,6 +83,7 @@ class Pipeline:
         self._matcher = matcher
         self._observer = observer
         self._probe_attempts = probe_attempts
+        self._hints = HintedBrands(hinted_brands)
         # One row that inference last ran on (before any: the warm-up's shape), to tell bad posts from a
         # broken model when every post of a batch fails.
         ones = np.ones((1, 8), dtype=np.int64)
@@ -111,13 +114,15 @@ class Pipeline:
         result = self._validator.validate(raw, source)
         if isinstance(result, Rejection):
             return result
+        defined = self._matcher.brand_names if self._matcher is not None else frozenset()
+        dropped = self._hints.dropped
+        hinted = self._hints.admit(result.brands, defined)
+        if self._hints.dropped > dropped:
+            self._metrics.brand_hints_dropped.inc(self._hints.dropped - dropped)
+        if hinted != result.brands:
+            result = dataclasses.replace(result, brands=hinted)
         if self._matcher is not None:
-            result = ValidPost(
-                post=result.post,
-                created_at_ms=result.created_at_ms,
-                language=result.language,
-                brands=post_brands(result, self._matcher),
-            )
+            result = dataclasses.replace(result, brands=post_brands(result, self._matcher))
         ticket = Ticket(valid=result, raw=raw or b"", source=source, ingested_at_ms=ingested_at_ms, ack=ack)
         text = result.post.text
         return Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text))

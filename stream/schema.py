@@ -41,6 +41,10 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_LANGUAGE = "unknown_language"
     UNSUPPORTED_LANGUAGE = "unsupported_language"
     DUPLICATE_ID = "duplicate_id"
+    # An id or brand hint longer than its limit (SOCIALPULSE_MAX_ID_CHARS, _MAX_BRAND_CHARS).
+    FIELD_TOO_LONG = "field_too_long"
+    # More brand hints than SOCIALPULSE_MAX_BRAND_HINTS: each would become a mention carrying the whole text.
+    TOO_MANY_BRANDS = "too_many_brands"
     # The post alone made the model fail; kept so one poison record cannot stop the stream.
     INFERENCE_FAILED = "inference_failed"
     # Handling the record raised something no rule above names: a bug of ours, kept replayable in the DLQ.

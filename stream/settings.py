@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         0.80, description="Detected languages below this confidence are not grounds for rejection."
     )
     dedupe_window: int = Field(200_000, description="How many recent post ids are remembered for dedupe.")
+    max_id_chars: int = Field(256, description="Longer post or author ids are dead-lettered (field_too_long).")
+    max_brand_hints: int = Field(16, description="Posts with more brand hints are dead-lettered (too_many_brands).")
+    max_brand_chars: int = Field(100, description="Longer brand hints are dead-lettered (field_too_long).")
+    max_hinted_brands: int = Field(
+        200,
+        description="Distinct hinted brand names no brand query defines that become brands (mentions, monitor "
+        "state, metric labels); hints past it are dropped and counted.",
+    )
 
     # Batching and backpressure
     max_batch_tokens: int = Field(8192, description="Padded tokens per batch (n x padded length).")

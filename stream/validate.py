@@ -93,6 +93,9 @@ class Validator:
         max_record_bytes: int,
         max_text_chars: int,
         dedupe_window: int,
+        max_id_chars: int = 256,
+        max_brand_hints: int = 16,
+        max_brand_chars: int = 100,
     ) -> None:
         self._detect_language = detect_language
         self._parse_language_tag = parse_language_tag
@@ -102,6 +105,9 @@ class Validator:
         self._max_record_bytes = max_record_bytes
         self._max_text_chars = max_text_chars
         self._recent_ids = RecentIds(dedupe_window)
+        self._max_id_chars = max_id_chars
+        self._max_brand_hints = max_brand_hints
+        self._max_brand_chars = max_brand_chars
         self._decoder = msgspec.json.Decoder(Post)
 
     def validate(self, raw: bytes | None, source: SourceRef) -> ValidPost | Rejection:
@@ -138,6 +144,16 @@ class Validator:
             return Rejection(RejectReason.EMPTY_TEXT, "text is empty or whitespace")
         if len(post.text) > self._max_text_chars:
             return Rejection(RejectReason.TEXT_TOO_LONG, f"{len(post.text)} characters > {self._max_text_chars}")
+        for name, value in (("id", post.id), ("author.id", post.author.id)):
+            if len(value) > self._max_id_chars:
+                return Rejection(RejectReason.FIELD_TOO_LONG, f"{name}: {len(value)} characters > {self._max_id_chars}")
+        brands = brand_hints(post.brand)
+        if len(brands) > self._max_brand_hints:
+            return Rejection(RejectReason.TOO_MANY_BRANDS, f"{len(brands)} brand hints > {self._max_brand_hints}")
+        if (longest := max((len(b) for b in brands), default=0)) > self._max_brand_chars:
+            return Rejection(
+                RejectReason.FIELD_TOO_LONG, f"a brand hint of {longest} characters > {self._max_brand_chars}"
+            )
         created_at_ms = parse_created_at(post.created_at)
         if created_at_ms is None:
             return Rejection(
@@ -153,7 +169,7 @@ class Validator:
                 RejectReason.DUPLICATE_ID,
                 f"id {post.id!r} first seen at {first.topic}[{first.partition}]@{first.offset}",
             )
-        return ValidPost(post=post, created_at_ms=created_at_ms, language=language, brands=brand_hints(post.brand))
+        return ValidPost(post=post, created_at_ms=created_at_ms, language=language, brands=brands)
 
     def _language_of(self, post: Post) -> str | Rejection:
         if post.lang is not None:

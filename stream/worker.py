@@ -106,6 +106,9 @@ def build_validator(settings: Settings) -> Validator:
         max_record_bytes=settings.max_record_bytes,
         max_text_chars=settings.max_text_chars,
         dedupe_window=settings.dedupe_window,
+        max_id_chars=settings.max_id_chars,
+        max_brand_hints=settings.max_brand_hints,
+        max_brand_chars=settings.max_brand_chars,
     )
 
 
@@ -190,6 +193,7 @@ class PipelineService(Service):
             matcher=self._matcher,
             observer=self._observer,
             probe_attempts=settings.inference_probe_attempts,
+            hinted_brands=settings.max_hinted_brands,
         )
         self.add_future(self._pipeline.run())
         self.add_future(self._watch_failure(self._pipeline))

@@ -461,15 +461,21 @@ class BrandCatalog:
     queries: list[BrandQuery]
     source: str = "<brands>"
     _index: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _names: frozenset[str] = field(default=frozenset(), repr=False)
 
     def __post_init__(self) -> None:
         for number, query in enumerate(self.queries):
             for key in query.triggers:
                 self._index.setdefault(key, []).append(number)
+        self._names = frozenset(q.brand for q in self.queries)
 
     @property
     def brands(self) -> list[str]:
         return [q.brand for q in self.queries]
+
+    @property
+    def brand_names(self) -> frozenset[str]:
+        return self._names
 
     def match_index(self, post: PostIndex) -> list[str]:
         index = self._index
@@ -587,10 +593,39 @@ def _file_position(node: yaml.ScalarNode, lines: list[str], line: int, column: i
 class Matcher(Protocol):
     def match(self, valid: ValidPost) -> list[str]: ...
 
+    @property
+    def brand_names(self) -> frozenset[str]: ...
+
 
 def post_brands(valid: ValidPost, matcher: Matcher) -> list[str]:
     """The brands a post is about: the source's brand hints, then the matched brands, each once."""
     return list(dict.fromkeys([*valid.brands, *matcher.match(valid)]))
+
+
+class HintedBrands:
+    """Which brand hints become brands: those a brand query defines, and the first `limit` other names.
+
+    Each brand is a mention per post (carrying its text), brand-monitor state and metric labels; hints come
+    from whoever writes the input topic, so they must not mint brands without end. Hints past the limit
+    are dropped from the post (it is still served) and counted in `dropped`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._names: set[str] = set()
+        self.dropped = 0
+
+    def admit(self, hints: list[str], defined: frozenset[str] = frozenset()) -> list[str]:
+        admitted = []
+        for name in hints:
+            if name in defined or name in self._names:
+                admitted.append(name)
+            elif len(self._names) < self._limit:
+                self._names.add(name)
+                admitted.append(name)
+            else:
+                self.dropped += 1
+        return admitted
 
 
 class ReloadingCatalog:
@@ -638,3 +673,7 @@ class ReloadingCatalog:
     def match(self, valid: ValidPost) -> list[str]:
         self.maybe_reload()
         return self.catalog.match(valid)
+
+    @property
+    def brand_names(self) -> frozenset[str]:
+        return self.catalog.brand_names

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stream.brands.query import BrandCatalog, QuerySyntaxError, ReloadingCatalog, compile_query, parse_query
+from stream.brands.query import (
+    BrandCatalog,
+    HintedBrands,
+    QuerySyntaxError,
+    ReloadingCatalog,
+    compile_query,
+    parse_query,
+)
 
 
 def matches(query: str, text: str, **fields: str) -> bool:
@@ -172,3 +179,12 @@ def test_reload_swaps_and_keeps_the_old_catalog_on_errors(tmp_path: Path) -> Non
 def test_the_catalog_only_evaluates_candidate_brands() -> None:
     catalog = BrandCatalog.from_mapping({f"brand{i}": f"word{i} OR #tag{i}" for i in range(500)})
     assert catalog.match_post("I like word7 and #tag400 but not word9000") == ["brand7", "brand400"]
+
+
+def test_hints_mint_at_most_the_limit_of_brands_no_query_defines() -> None:
+    hints = HintedBrands(limit=2)
+    defined = frozenset({"Acme"})
+    assert hints.admit(["Acme", "Globex"], defined) == ["Acme", "Globex"]
+    assert hints.admit(["Initech", "Globex"], defined) == ["Initech", "Globex"]
+    assert hints.admit(["Umbrella", "Acme", "x" * 50], defined) == ["Acme"], "a defined brand is never dropped"
+    assert hints.dropped == 2

@@ -82,6 +82,11 @@ def test_valid_post_is_normalised() -> None:
         (encode(post(lang="tlh-klingon")), RejectReason.UNKNOWN_LANGUAGE),
         (encode(post(lang="de")), RejectReason.UNSUPPORTED_LANGUAGE),
         (encode(post(text="Bonjour, le service est nul")), RejectReason.UNSUPPORTED_LANGUAGE),
+        # Untrusted sizes (issue 13): each hint becomes a mention carrying the text; ids fill the dedupe memory.
+        (encode(post(id="p" * 257)), RejectReason.FIELD_TOO_LONG),
+        (encode(post(author={"id": "u" * 257, "followers": 1})), RejectReason.FIELD_TOO_LONG),
+        (encode(post(brand=[f"brand-{n}" for n in range(17)])), RejectReason.TOO_MANY_BRANDS),
+        (encode(post(brand="b" * 101)), RejectReason.FIELD_TOO_LONG),
     ],
 )
 def test_bad_input_gets_its_reason(raw: bytes, reason: RejectReason) -> None:
@@ -133,3 +138,8 @@ def test_region_tag_is_normalised() -> None:
 
 def test_epoch_millis_and_rfc3339_agree() -> None:
     assert parse_created_at("2026-11-28T10:00:00+00:00") == parse_created_at(1_795_860_000_000)
+
+
+def test_size_limits_admit_what_they_bound() -> None:
+    result = check(encode(post(id="p" * 256, brand=[f"brand-{n}" for n in range(15)] + ["b" * 100])))
+    assert isinstance(result, ValidPost) and len(result.brands) == 16
