@@ -73,6 +73,7 @@ class Pipeline:
         observer: BatchObserver | None = None,
         probe_attempts: int = 3,
         hinted_brands: int = 200,
+        max_inflight_dead_letters: int = 1024,
     ) -> None:
         self._validator = validator
         self._batcher = batcher
@@ -84,6 +85,9 @@ class Pipeline:
         self._observer = observer
         self._probe_attempts = probe_attempts
         self._hints = HintedBrands(hinted_brands)
+        # Rejections skip the batcher and its token bound; without their own bound a flood of invalid records
+        # under a slow broker grew one task per record without end.
+        self._dead_letter_slots = asyncio.Semaphore(max_inflight_dead_letters)
         # One row that inference last ran on (before any: the warm-up's shape), to tell bad posts from a
         # broken model when every post of a batch fails.
         ones = np.ones((1, 8), dtype=np.int64)
@@ -105,7 +109,8 @@ class Pipeline:
             log.exception("record %s:%d@%d raised before batching", source.topic, source.partition, source.offset)
             job = Rejection(RejectReason.INTERNAL_ERROR, f"{error!r}"[:1000])
         if isinstance(job, Rejection):
-            self._spawn(self._dead_letter(raw, job.reason, job.detail, source, ack))
+            await self._dead_letter_slots.acquire()
+            self._spawn(self._bounded_dead_letter(raw, job.reason, job.detail, source, ack))
             return
         await self._batcher.put(job)
 
@@ -305,6 +310,14 @@ class Pipeline:
                 posts=len(enriched),
                 brands_sentiments=[(brand, post.sentiment) for post in enriched for brand in post.valid.brands],
             )
+
+    async def _bounded_dead_letter(
+        self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, ack: Ack
+    ) -> None:
+        try:
+            await self._dead_letter(raw, reason, detail, source, ack)
+        finally:
+            self._dead_letter_slots.release()
 
     async def _dead_letter(
         self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, ack: Ack

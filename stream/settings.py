@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     max_inflight_tokens: int = Field(
         65_536, description="Tokens queued or running; above it the agent stops taking records (pause)."
     )
+    max_inflight_dead_letters: int = Field(
+        1024, description="Dead letters being sent at once; past it the agent waits (rejections' backpressure)."
+    )
     inference_probe_attempts: int = Field(
         3,
         description="When every post of a batch fails inference, tries (1 s apart) of input that ran before; if "

@@ -194,6 +194,7 @@ class PipelineService(Service):
             observer=self._observer,
             probe_attempts=settings.inference_probe_attempts,
             hinted_brands=settings.max_hinted_brands,
+            max_inflight_dead_letters=settings.max_inflight_dead_letters,
         )
         self.add_future(self._pipeline.run())
         self.add_future(self._watch_failure(self._pipeline))

@@ -175,3 +175,52 @@ async def test_posts_the_model_alone_cannot_run_are_dead_lettered(tokenizer_file
     assert sorted(emitter.dead) == [(RejectReason.INFERENCE_FAILED, 1), (RejectReason.INFERENCE_FAILED, 3)]
     assert sorted(emitter.delivered) == ["p0", "p2", "p4", "p5"]
     assert sorted(acked) == list(range(len(texts)))
+
+
+class SlowDeadLetters(RecordingEmitter):
+    """A broker that takes dead letters only when `opened` is set; counts how many wait at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+        self.waiting = 0
+        self.most_waiting = 0
+
+    async def dead_letter(self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef) -> None:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        await self.opened.wait()
+        self.waiting -= 1
+        await super().dead_letter(raw, reason, detail, source)
+
+
+async def test_a_flood_of_invalid_records_waits_for_the_dead_letters_in_flight(tokenizer_file: Path) -> None:
+    emitter = SlowDeadLetters()
+    pipeline = Pipeline(
+        validator=Validator(lambda _: ("en", 1.0), lambda tag: tag, frozenset(), 0.8, 10_000, 1_000, 100),
+        batcher=Batcher(PostTokenizer(tokenizer_file, 64, 0), 256, 4, 5, 4, 8, 10_000),
+        backend=NullBackend({"sentiment_logits": 3}, "int8", 8),
+        manifest=MANIFEST,
+        emitter=emitter,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        max_inflight_dead_letters=50,
+    )
+    acked: list[int] = []
+
+    async def flood() -> None:
+        for n in range(500):
+
+            async def ack(n: int = n) -> None:
+                acked.append(n)
+
+            await pipeline.submit(b"not json", SourceRef("posts", 0, n), ack)
+
+    flooding = asyncio.create_task(flood())
+    await asyncio.sleep(0.3)
+    assert not flooding.done(), "the agent kept taking invalid records while the broker took none"
+    assert emitter.most_waiting == 50
+    emitter.opened.set()
+    await asyncio.wait_for(flooding, timeout=10)
+    await pipeline.drain(timeout=10)
+    assert sorted(acked) == list(range(500)) and emitter.most_waiting == 50
+    pipeline.close()
