@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     stream_buffer_maxsize: int = Field(2048, description="Faust per-partition buffer before it pauses fetching.")
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, description="Faust web server: live page and /metrics.")
+    web_faust_routes: bool = Field(
+        False,
+        description="Faust's own /router, /table and /graph routes on the web port; /table serves table contents "
+        "(brand state: post texts, author ids), so they are off unless asked for.",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, description="Standalone Prometheus exporter port; 0 disables it.")
     brands_file: Path | None = Field(

@@ -59,6 +59,9 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_router_enabled=settings.web_faust_routes,
+        web_tables_enabled=settings.web_faust_routes,
+        web_graph_enabled=settings.web_faust_routes,
         store="memory://",
         # Faust's per-app data folder; under the cache, not wherever the worker was started.
         datadir=str(settings.data_dir / "{conf.name}-data"),

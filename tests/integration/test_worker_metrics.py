@@ -5,6 +5,7 @@ standalone exporter, and every metric name the dashboard and the alert rules use
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +22,13 @@ RULES = sorted((REPO / "deploy/prometheus/rules").glob("*.yml"))
 
 # Gauges an idle worker rightly reports at zero: the stream is done, nothing is queued and the
 # backend has been idle for longer than its busy window; lag is zero once the last offsets are committed.
-IDLE_ZERO = {"socialpulse_inflight_tokens", "socialpulse_backend_busy_ratio", "socialpulse_consumer_lag_records"}
+# The test stream hints at four brands, far below the limit past which hints are dropped.
+IDLE_ZERO = {
+    "socialpulse_inflight_tokens",
+    "socialpulse_backend_busy_ratio",
+    "socialpulse_consumer_lag_records",
+    "socialpulse_brand_hints_dropped_total",
+}
 SAMPLE_SUFFIX = {"counter": "_total", "histogram": "_count", "gauge": "", "info": "_info"}
 
 
@@ -68,3 +75,11 @@ def test_web_and_exporter_serve_the_same_samples(running_worker: RunningWorker) 
     assert web.keys() == exporter.keys()
     for name, samples in web.items():
         assert sorted(samples, key=repr) == sorted(exporter[name], key=repr), name
+
+
+@pytest.mark.parametrize("path", ["/table/", "/router/", "/graph/"])
+def test_faust_routes_that_expose_state_are_off(running_worker: RunningWorker, path: str) -> None:
+    # /table/<name>/ served every brand state (post texts, author ids) to anyone who reached the port.
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        fetch(running_worker.web_url(path))
+    assert missing.value.code == 404
