@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from stream.brands.model import Alert
 
@@ -52,6 +53,10 @@ def alertmanager_alert(alert: Alert, firing_ttl_s: float = 3600.0) -> dict[str, 
     }
 
 
+def _redacted(url: URL) -> str:
+    return str(url.with_user(None)) if url.user or url.password else str(url)
+
+
 class AlertmanagerWebhook:
     def __init__(
         self,
@@ -63,7 +68,12 @@ class AlertmanagerWebhook:
         timeout_s: float = 10.0,
         firing_ttl_s: float = 3600.0,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/api/v2/alerts"
+        base = URL(base_url.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ValueError(f"alert webhook URL must be http(s)://host[:port][/path], got {_redacted(base)}")
+        # Credentials in the URL authenticate the POST (basic auth) but never appear in logs or errors.
+        self.url = str(base / "api/v2/alerts")
+        self.shown_url = _redacted(base / "api/v2/alerts")
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -84,15 +94,15 @@ class AlertmanagerWebhook:
                         return attempt
                     problem = f"HTTP {response.status}: {(await response.text())[:200]}"
                     if response.status < 500 and response.status != 429:
-                        raise WebhookError(f"{self.url} rejected the alerts: {problem}")
+                        raise WebhookError(f"{self.shown_url} rejected the alerts: {problem}")
             except (aiohttp.ClientError, TimeoutError) as error:
-                problem = f"{type(error).__name__}: {error}"
+                problem = f"{type(error).__name__}: {error}".replace(self.url, self.shown_url)
             if attempt > self.retries:
                 break
             log.warning("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
-        raise WebhookError(f"{self.url}: gave up after {self.retries + 1} attempts: {problem}")
+        raise WebhookError(f"{self.shown_url}: gave up after {self.retries + 1} attempts: {problem}")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -41,10 +41,12 @@ class Receiver:
         self.failures = failures
         self.status = status
         self.bodies: list[Any] = []
+        self.authorizations: list[str] = []
         self.times: list[float] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.json())
+        self.authorizations.append(request.headers.get("Authorization", ""))
         self.times.append(time.monotonic())
         if len(self.bodies) <= self.failures:
             return web.Response(status=self.status, text="busy")
@@ -126,3 +128,22 @@ async def test_connection_refused_is_retried() -> None:
     with pytest.raises(WebhookError, match="gave up after 2 attempts"):
         await webhook.send([alert()])
     await webhook.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://am:9093", "file:///etc/passwd", "am:9093", "http://"])
+def test_only_http_urls_are_taken(url: str) -> None:
+    with pytest.raises(ValueError, match="must be http"):
+        AlertmanagerWebhook(url)
+
+
+async def test_credentials_in_the_url_authenticate_but_never_show(serve: Any) -> None:
+    receiver = Receiver(failures=10, status=401)
+    base = (await serve(receiver)).replace("http://", "http://alerts:s3cret@")
+    webhook = AlertmanagerWebhook(base, retries=0)
+    try:
+        with pytest.raises(WebhookError) as refused:
+            await webhook.send([alert()])
+    finally:
+        await webhook.close()
+    assert "s3cret" not in str(refused.value) and "alerts@" not in str(refused.value)
+    assert receiver.authorizations == ["Basic YWxlcnRzOnMzY3JldA=="]
