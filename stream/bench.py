@@ -162,6 +162,8 @@ class EventReader:
 
     bootstrap: str
     topics: tuple[str, ...]
+    # The settings' security options (kafka_client_options), as every client of ours takes them.
+    client_options: dict[str, Any] = field(default_factory=dict)
     seen: dict[str, dict[str, Arrival]] = field(default_factory=dict)
     # How many topics each post has arrived on; kept as records come, so waiting never rescans every id.
     _topics_reached: dict[str, int] = field(default_factory=dict)
@@ -178,6 +180,7 @@ class EventReader:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **self.client_options,
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._read(self._consumer), name="bench-reader")
@@ -337,7 +340,7 @@ async def bench_pipeline(
 
     async def produce_backlog() -> None:
         with console.status(f"producing the backlog of {len(backlog):,} posts"):
-            await produce(settings.kafka_bootstrap, topics.posts, backlog)
+            await produce(settings.kafka_bootstrap, topics.posts, backlog, settings.kafka_client_options)
 
     if workers == 1:
         await produce_backlog()
@@ -347,7 +350,7 @@ async def bench_pipeline(
         for index in range(workers)
     ]
     worker = processes[0]
-    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment, topics.behaviour))
+    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment, topics.behaviour), settings.kafka_client_options)
     await reader.start()
     for process in processes:
         process.start()
@@ -483,7 +486,7 @@ async def bench_naive(
     model_dir, trained = naive_model_dir()
     topics = Topics(prefix=f"naive{uuid.uuid4().hex[:8]}")
     await ensure_topics(settings.model_copy(update=topics.fields()))
-    await produce(settings.kafka_bootstrap, topics.posts, records)
+    await produce(settings.kafka_bootstrap, topics.posts, records, settings.kafka_client_options)
     command = [
         "-m",
         "stream.bench",
@@ -505,7 +508,7 @@ async def bench_naive(
     worker = WorkerProcess(
         settings.kafka_bootstrap, topics, log_dir, "naive-worker", command, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
     )
-    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment,))
+    reader = EventReader(settings.kafka_bootstrap, (topics.sentiment,), settings.kafka_client_options)
     await reader.start()
     worker.start()
     try:

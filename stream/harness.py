@@ -15,9 +15,10 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -158,10 +159,16 @@ class WorkerProcess:
             return self.process.wait(timeout=30)
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[LabelledRecord]) -> int:
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[LabelledRecord], client_options: Mapping[str, Any] | None = None
+) -> int:
     """Send records keyed by post id (as `socialpulse replay` does), waiting for every ack."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", max_request_size=2_000_000
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        max_request_size=2_000_000,
+        **(client_options or {}),
     )
     await producer.start()
     try:
@@ -204,7 +211,14 @@ class Outputs:
         return Counter(str(event["post_id"]) for event in self.behaviour)
 
 
-async def read_outputs(bootstrap: str, topics: Topics, expect_posts: int, expect_dead: int, timeout: float) -> Outputs:
+async def read_outputs(
+    bootstrap: str,
+    topics: Topics,
+    expect_posts: int,
+    expect_dead: int,
+    timeout: float,
+    client_options: Mapping[str, Any] | None = None,
+) -> Outputs:
     """Read every output topic from the start until the expected counts arrive and then a quiet second
     passes (anything beyond the expected count is a duplicate the test wants to see), or time runs out."""
     consumer = AIOKafkaConsumer(
@@ -215,6 +229,7 @@ async def read_outputs(bootstrap: str, topics: Topics, expect_posts: int, expect
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        **(client_options or {}),
     )
     await consumer.start()
     outputs = Outputs(topics)

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +136,36 @@ class Settings(BaseSettings):
         """The Faust app id (and consumer group) of this role. Faust assigns partitions as if every member ran
         the same agents, so a brands-only process must not join the pipeline's group."""
         return f"{self.app_id}-brands" if self.role == "brands" else self.app_id
+
+    @model_validator(mode="after")
+    def _kafka_security_agrees(self) -> Settings:
+        """Refuse settings that mean different things to Faust and to our own clients.
+
+        Faust enables SASL whenever it is given credentials, while aiokafka clients follow the protocol:
+        a mechanism with PLAINTEXT gave the worker's Faust consumer SASL and its producer and admin none."""
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        sasl = protocol.startswith("SASL_")
+        if mechanism and not sasl:
+            raise ValueError(
+                f"SOCIALPULSE_KAFKA_SASL_MECHANISM={mechanism} needs SOCIALPULSE_KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+                f"or SASL_PLAINTEXT, not {protocol}"
+            )
+        if sasl and not mechanism:
+            raise ValueError(f"SOCIALPULSE_KAFKA_SECURITY_PROTOCOL={protocol} needs SOCIALPULSE_KAFKA_SASL_MECHANISM")
+        if mechanism and not (self.kafka_sasl_username and self.kafka_password):
+            raise ValueError(f"SASL {mechanism} needs SOCIALPULSE_KAFKA_SASL_USERNAME and _PASSWORD")
+        files = {
+            "CAFILE": self.kafka_ssl_cafile,
+            "CERTFILE": self.kafka_ssl_certfile,
+            "KEYFILE": self.kafka_ssl_keyfile,
+        }
+        given = [name for name, path in files.items() if path is not None]
+        if given and not protocol.endswith("SSL"):
+            raise ValueError(f"SOCIALPULSE_KAFKA_SSL_{given[0]} is set but the security protocol is {protocol}")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"SOCIALPULSE_KAFKA_SSL_{name}={path}: no such file")
+        return self
 
     @property
     def ort_threads(self) -> int:

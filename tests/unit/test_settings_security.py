@@ -1,0 +1,44 @@
+"""Kafka security settings are cross-checked at start: Faust and our own clients must mean the same thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from stream.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # Faust took the credentials and used SASL; the producer and admin clients used none.
+        ({"kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": "u", "kafka_sasl_password": "p"}, "needs"),
+        ({"kafka_security_protocol": "SASL_SSL"}, "needs SOCIALPULSE_KAFKA_SASL_MECHANISM"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN"}, "USERNAME and _PASSWORD"),
+        ({"kafka_ssl_cafile": "/etc/hostname"}, "security protocol is PLAINTEXT"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "/nonexistent/ca.pem"}, "no such file"),
+    ],
+)
+def test_contradicting_security_settings_are_refused(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**fields)  # type: ignore[arg-type]
+
+
+def test_consistent_security_settings_reach_every_client(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="socialpulse",
+        kafka_sasl_password="secret",  # type: ignore[arg-type]
+    )
+    assert settings.kafka_client_options == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "socialpulse",
+        "sasl_plain_password": "secret",
+    }
+    assert "secret" not in repr(settings)
