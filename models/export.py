@@ -455,6 +455,7 @@ def export_hf_classifier(
         version=str(getattr(config, "_commit_hash", None) or "local")[:12],
         max_seq_len=seq_len,
         tokenizer=tokenizer_file.name,
+        tokenizer_sha256=sha256_of(tokenizer_file),
         heads=[Head(name=head_name(labels), output="logits", activation=activation, labels=labels)],
         variants=entries,
         source=Source(kind="exported", location=source),

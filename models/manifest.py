@@ -99,6 +99,8 @@ class Manifest(msgspec.Struct, frozen=True):
     pad_token_id: int = 0
     metrics: dict[str, object] = msgspec.field(default_factory=dict)
     created_at: str = ""
+    # Every file the model loads is hashed: the tokenizer decides the ids the graph sees.
+    tokenizer_sha256: str = ""
 
     def head(self, name: str) -> Head | None:
         return next((head for head in self.heads if head.name == name), None)
@@ -128,6 +130,21 @@ def load_manifest(model_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: {error}") from error
 
 
+def verified_file(model_dir: Path, relative: str, sha256: str, what: str) -> Path:
+    """A file the manifest names, after checking it stays inside the model folder and hashes as recorded."""
+    path = model_dir / relative
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise ManifestError(f"refusing {what} {relative!r}: it is outside the model folder {model_dir}")
+    if not path.is_file():
+        raise ManifestError(f"{what} file {path} is missing")
+    if not sha256:
+        raise ManifestError(f"the manifest records no sha256 for {what} {relative!r}: rebuild or re-export the model")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ManifestError(f"refusing {path}: sha256 {actual} does not match the manifest's {sha256}")
+    return path
+
+
 def verified_variant_path(model_dir: Path, manifest: Manifest, variant: str) -> Path:
     """The variant's file, after checking it hashes to what the manifest recorded."""
     if variant not in manifest.variants:
@@ -135,10 +152,8 @@ def verified_variant_path(model_dir: Path, manifest: Manifest, variant: str) -> 
             f"model {manifest.name} {manifest.version} has no variant {variant!r} (has {sorted(manifest.variants)})"
         )
     entry = manifest.variants[variant]
-    path = model_dir / entry.file
-    if not path.is_file():
-        raise ManifestError(f"variant {variant!r} file {path} is missing")
-    actual = sha256_of(path)
-    if actual != entry.sha256:
-        raise ManifestError(f"refusing {path}: sha256 {actual} does not match the manifest's {entry.sha256}")
-    return path
+    return verified_file(model_dir, entry.file, entry.sha256, f"variant {variant!r}")
+
+
+def verified_tokenizer_path(model_dir: Path, manifest: Manifest) -> Path:
+    return verified_file(model_dir, manifest.tokenizer, manifest.tokenizer_sha256, "tokenizer")

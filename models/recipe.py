@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.behaviour import BEHAVIOUR_LABELS
 from models.data import SENTIMENT_LABELS
-from models.manifest import Head, Manifest, Source, write_manifest
+from models.manifest import Head, Manifest, Source, sha256_of, write_manifest
 
 if TYPE_CHECKING:
     from models.train import TrainConfig
@@ -145,6 +145,7 @@ def train_and_export(
         version=f"{MODEL_VERSION}+{key[:8]}",
         max_seq_len=MAX_SEQ_LEN,
         tokenizer=tokenizer_file.name,
+        tokenizer_sha256=sha256_of(tokenizer_file),
         heads=[
             Head(
                 name="sentiment",

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from models.manifest import Manifest
+from models.manifest import Manifest, verified_tokenizer_path
 
 
 class PostTokenizer:
@@ -28,8 +28,8 @@ class PostTokenizer:
 
     @classmethod
     def for_model(cls, model_dir: Path, manifest: Manifest) -> PostTokenizer:
-        """The tokenizer a manifest names, with its sequence limit and pad id."""
-        return cls(model_dir / manifest.tokenizer, manifest.max_seq_len, manifest.pad_token_id)
+        """The tokenizer a manifest names (checked against its sha256), with its sequence limit and pad id."""
+        return cls(verified_tokenizer_path(model_dir, manifest), manifest.max_seq_len, manifest.pad_token_id)
 
     def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """Token ids per text and whether the text was truncated to fit the model."""

@@ -75,6 +75,7 @@ def write_truncated_vocab_model(model_dir: Path, tokenizer_file: Path) -> PostTo
         version="test",
         max_seq_len=128,
         tokenizer="tokenizer.json",
+        tokenizer_sha256=sha256_of(model_dir / "tokenizer.json"),
         heads=[
             Head(name="sentiment", output="sentiment_logits", activation="softmax", labels=list(SENTIMENT_LABELS)),
             Head(name="behaviour", output="behaviour_logits", activation="sigmoid", labels=list(BEHAVIOUR_LABELS)),
