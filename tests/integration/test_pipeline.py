@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -98,6 +99,72 @@ def test_sigkill_mid_stream_loses_nothing(kafka: Any, tweet_texts: list[str], tm
     # Repeats come only from work in flight at the kill: bounded by the in-flight token budget, not the stream.
     assert sentiment_repeats < 2_000 and behaviour_repeats < 2_000
     print(f"after SIGKILL: {sentiment_repeats} sentiment / {behaviour_repeats} behaviour repeats, 0 lost")
+
+
+def test_sigterm_mid_stream_commits_the_finished_work(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
+    # A graceful stop drains what is in flight and commits it: the next worker repeats nothing.
+    topics = Topics()
+    records = labelled_stream(tweet_texts, 6_000, malformed_share=0.0, seed=14)
+    first = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
+    first.wait_ready()
+    asyncio.run(produce(kafka.bootstrap, topics.posts, records))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        partial = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1))
+        if len(partial.sentiment) >= 1_000:
+            break
+    assert first.stop() == 0, first.log_tail()
+    stopped_at = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=2))
+    assert len(stopped_at.sentiment_posts()) < len(records), "the worker finished before it was stopped"
+
+    second = WorkerProcess(kafka.bootstrap, topics, tmp_path, "second").start()
+    try:
+        second.wait_ready()
+        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=600))
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    sentiment_repeats, behaviour_repeats = assert_only_redelivery_duplicates(outputs, records)
+    assert (sentiment_repeats, behaviour_repeats) == (0, 0), first.log_tail()
+
+
+def test_broker_stopped_longer_than_the_request_timeout_loses_nothing(
+    kafka: Any, tweet_texts: list[str], tmp_path: Path
+) -> None:
+    # The broker goes away for longer than aiokafka's 40 s request timeout. The worker may stop (outputs
+    # it cannot deliver fail the pipeline); a supervisor would start it again, as this test does.
+    topics = Topics()
+    records = labelled_stream(tweet_texts, 3_000, malformed_share=0.02, seed=15)
+    valid = [record for record in records if record.expected is None]
+    bad = [record for record in records if record.expected is not None]
+    first = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
+    first.wait_ready()
+    asyncio.run(produce(kafka.bootstrap, topics.posts, records))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        partial = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1))
+        if len(partial.sentiment) >= 300:
+            break
+    kafka.stop()
+    outage_started = time.monotonic()
+    time.sleep(45)
+    kafka.start()
+    outage_s = time.monotonic() - outage_started
+    workers = [first]
+    assert first.process is not None
+    try:
+        first.process.wait(timeout=90)  # it stops on undeliverable outputs, or rides the outage out
+    except subprocess.TimeoutExpired:
+        pass
+    else:
+        workers.append(WorkerProcess(kafka.bootstrap, topics, tmp_path, "restarted").start())
+    try:
+        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(valid), len(bad), timeout=600))
+    finally:
+        codes = [worker.stop() for worker in workers]
+    assert codes[-1] == 0, workers[-1].log_tail()
+    repeats = assert_only_redelivery_duplicates(outputs, valid)
+    assert {r.raw for r in bad} <= {raw for _, raw, _ in outputs.dead_letters}
+    print(f"broker down {outage_s:.0f} s: {len(workers)} worker runs, repeats {repeats}, 0 lost")
 
 
 def test_two_workers_share_partitions(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
