@@ -73,27 +73,37 @@ def test_ten_thousand_posts_with_malformed_mix(kafka: Any, tweet_texts: list[str
     assert set(sample["timestamps"]) == {"created_at", "ingested_at", "emitted_at"}  # type: ignore[arg-type]
 
 
-def test_sigkill_mid_stream_loses_nothing(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
-    topics = Topics()
-    records = labelled_stream(tweet_texts, 6_000, malformed_share=0.0, seed=12)
-    first = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
-    first.wait_ready()
+def worker_midway(
+    kafka: Any, topics: Topics, tmp_path: Path, records: list[LabelledRecord], events: int
+) -> WorkerProcess:
+    """A worker started on `records`, returned once `events` sentiment events are out (120 s at most)."""
+    worker = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
+    worker.wait_ready()
     asyncio.run(produce(kafka.bootstrap, topics.posts, records))
-    # Kill once some, but not all, posts are through.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        partial = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1))
-        if len(partial.sentiment) >= 1_000:
+        if len(asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1)).sentiment) >= events:
             break
-    first.kill()
-    assert len(partial.sentiment) < len(records), "the worker finished before it could be killed"
+    return worker
 
+
+def finish_with_second_worker(kafka: Any, topics: Topics, tmp_path: Path, records: list[LabelledRecord]) -> Outputs:
     second = WorkerProcess(kafka.bootstrap, topics, tmp_path, "second").start()
     try:
         second.wait_ready()
-        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=600))
+        return asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=600))
     finally:
         assert second.stop() == 0, second.log_tail()
+
+
+def test_sigkill_mid_stream_loses_nothing(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
+    topics = Topics()
+    records = labelled_stream(tweet_texts, 6_000, malformed_share=0.0, seed=12)
+    first = worker_midway(kafka, topics, tmp_path, records, events=1_000)
+    first.kill()
+    killed_at = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=2))
+    assert len(killed_at.sentiment_posts()) < len(records), "the worker finished before it could be killed"
+    outputs = finish_with_second_worker(kafka, topics, tmp_path, records)
 
     sentiment_repeats, behaviour_repeats = assert_only_redelivery_duplicates(outputs, records)
     # Repeats come only from work in flight at the kill: bounded by the in-flight token budget, not the stream.
@@ -105,24 +115,11 @@ def test_sigterm_mid_stream_commits_the_finished_work(kafka: Any, tweet_texts: l
     # A graceful stop drains what is in flight and commits it: the next worker repeats nothing.
     topics = Topics()
     records = labelled_stream(tweet_texts, 6_000, malformed_share=0.0, seed=14)
-    first = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
-    first.wait_ready()
-    asyncio.run(produce(kafka.bootstrap, topics.posts, records))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        partial = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1))
-        if len(partial.sentiment) >= 1_000:
-            break
+    first = worker_midway(kafka, topics, tmp_path, records, events=1_000)
     assert first.stop() == 0, first.log_tail()
     stopped_at = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=2))
     assert len(stopped_at.sentiment_posts()) < len(records), "the worker finished before it was stopped"
-
-    second = WorkerProcess(kafka.bootstrap, topics, tmp_path, "second").start()
-    try:
-        second.wait_ready()
-        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=600))
-    finally:
-        assert second.stop() == 0, second.log_tail()
+    outputs = finish_with_second_worker(kafka, topics, tmp_path, records)
     sentiment_repeats, behaviour_repeats = assert_only_redelivery_duplicates(outputs, records)
     assert (sentiment_repeats, behaviour_repeats) == (0, 0), first.log_tail()
 
@@ -136,14 +133,7 @@ def test_broker_stopped_longer_than_the_request_timeout_loses_nothing(
     records = labelled_stream(tweet_texts, 3_000, malformed_share=0.02, seed=15)
     valid = [record for record in records if record.expected is None]
     bad = [record for record in records if record.expected is not None]
-    first = WorkerProcess(kafka.bootstrap, topics, tmp_path, "first").start()
-    first.wait_ready()
-    asyncio.run(produce(kafka.bootstrap, topics.posts, records))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        partial = asyncio.run(read_outputs(kafka.bootstrap, topics, 0, 0, timeout=1))
-        if len(partial.sentiment) >= 300:
-            break
+    first = worker_midway(kafka, topics, tmp_path, records, events=300)
     kafka.stop()
     outage_started = time.monotonic()
     time.sleep(45)

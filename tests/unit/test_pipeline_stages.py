@@ -47,16 +47,20 @@ def tokenizer_file(tmp_path: Path) -> Path:
     return path
 
 
-async def test_a_dead_batch_preparer_fails_the_pipeline(tokenizer_file: Path) -> None:
-    batcher: Batcher[Ticket] = Batcher(
+def small_batcher(tokenizer_file: Path, batch_size: int) -> Batcher[Ticket]:
+    return Batcher(
         PostTokenizer(tokenizer_file, 64, 0),
         max_batch_tokens=256,
-        max_batch_size=8,
+        max_batch_size=batch_size,
         max_wait_ms=5,
-        sort_window=64,
+        sort_window=batch_size,
         pad_multiple=8,
         max_inflight_tokens=10_000,
     )
+
+
+async def test_a_dead_batch_preparer_fails_the_pipeline(tokenizer_file: Path) -> None:
+    batcher = small_batcher(tokenizer_file, 8)
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started: nothing reaches emit
     pipeline = Pipeline(
         validator=Validator(lambda _: ("en", 1.0), lambda tag: tag, frozenset(), 0.8, 10_000, 1_000, 100),
@@ -119,15 +123,7 @@ def post(n: int, text: str) -> bytes:
 async def run_posts(
     tokenizer_file: Path, backend: NullBackend, texts: list[str]
 ) -> tuple[Pipeline, RecordingEmitter, list[int]]:
-    batcher: Batcher[Ticket] = Batcher(
-        PostTokenizer(tokenizer_file, 64, 0),
-        max_batch_tokens=256,
-        max_batch_size=4,
-        max_wait_ms=5,
-        sort_window=4,
-        pad_multiple=8,
-        max_inflight_tokens=10_000,
-    )
+    batcher = small_batcher(tokenizer_file, 4)
     emitter = RecordingEmitter()
     pipeline = Pipeline(
         validator=Validator(lambda _: ("en", 1.0), lambda tag: tag, frozenset(), 0.8, 10_000, 1_000, 100),
@@ -198,7 +194,7 @@ async def test_a_flood_of_invalid_records_waits_for_the_dead_letters_in_flight(t
     emitter = SlowDeadLetters()
     pipeline = Pipeline(
         validator=Validator(lambda _: ("en", 1.0), lambda tag: tag, frozenset(), 0.8, 10_000, 1_000, 100),
-        batcher=Batcher(PostTokenizer(tokenizer_file, 64, 0), 256, 4, 5, 4, 8, 10_000),
+        batcher=small_batcher(tokenizer_file, 4),
         backend=NullBackend({"sentiment_logits": 3}, "int8", 8),
         manifest=MANIFEST,
         emitter=emitter,  # type: ignore[arg-type]
