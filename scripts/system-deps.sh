@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: promtool/prometheus (deploy checks, scrape test),
-# chromium + chromedriver (live page browser test), a font so the screenshot has readable text.
+# chromium + chromedriver (live page browser test), a font so the screenshot has readable text, kcat
+# (an independent Kafka client: the hostile-input test produces and reads back through it).
 # Idempotent and non-interactive; a fast no-op when everything is installed.
 #
 #   scripts/system-deps.sh           install what is missing (root, or sudo without a password)
 #   scripts/system-deps.sh --check   exit 1 and list what is missing, install nothing
 set -euo pipefail
 
-PACKAGES=(prometheus chromium chromium-driver fonts-dejavu-core)
+PACKAGES=(prometheus chromium chromium-driver fonts-dejavu-core kcat)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

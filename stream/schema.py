@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 import msgspec
 
 
 class Author(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     id: str
-    followers: int = 0
+    # Bounded to int64: JSON allows any integer, and readers of the output topics in other languages do not.
+    followers: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class Post(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
