@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
@@ -155,6 +156,46 @@ def test_broker_stopped_longer_than_the_request_timeout_loses_nothing(
     repeats = assert_only_redelivery_duplicates(outputs, valid)
     assert {r.raw for r in bad} <= {raw for _, raw, _ in outputs.dead_letters}
     print(f"broker down {outage_s:.0f} s: {len(workers)} worker runs, repeats {repeats}, 0 lost")
+
+
+def test_the_dlq_topic_deleted_while_the_worker_runs_loses_nothing(
+    kafka: Any, tweet_texts: list[str], tmp_path: Path
+) -> None:
+    # An operator deletes the DLQ topic under a running worker, then invalid records keep coming. Dead
+    # letters written before the deletion went with the topic; every later one must be in the new topic.
+    topics = Topics()
+    records = labelled_stream(tweet_texts, 3_000, malformed_share=0.1, seed=16)
+    before, after = records[:1_500], records[1_500:]
+    first = worker_midway(kafka, topics, tmp_path, before, events=300)
+    asyncio.run(delete_topic(kafka.bootstrap, topics.dlq))
+    asyncio.run(produce(kafka.bootstrap, topics.posts, after))
+    workers = [first]
+    assert first.process is not None
+    try:
+        first.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    else:
+        workers.append(WorkerProcess(kafka.bootstrap, topics, tmp_path, "restarted").start())
+    valid = [r for r in records if r.expected is None]
+    bad_after = [r for r in after if r.expected is not None]
+    try:
+        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(valid), len(bad_after), timeout=600))
+    finally:
+        codes = [worker.stop() for worker in workers]
+    assert codes[-1] == 0, workers[-1].log_tail()
+    assert_only_redelivery_duplicates(outputs, valid)
+    assert {r.raw for r in bad_after} <= {raw for _, raw, _ in outputs.dead_letters}
+    print(f"DLQ deleted mid-stream: {len(workers)} worker runs, {len(bad_after)} later dead letters all kept")
+
+
+async def delete_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
 
 
 def test_two_workers_share_partitions(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
