@@ -120,11 +120,9 @@ class Pipeline:
         if isinstance(result, Rejection):
             return result
         defined = self._matcher.brand_names if self._matcher is not None else frozenset()
-        dropped = self._hints.dropped
         hinted = self._hints.admit(result.brands, defined)
-        if self._hints.dropped > dropped:
-            self._metrics.brand_hints_dropped.inc(self._hints.dropped - dropped)
-        if hinted != result.brands:
+        if len(hinted) < len(result.brands):  # hints are distinct, so the difference is what was dropped
+            self._metrics.brand_hints_dropped.inc(len(result.brands) - len(hinted))
             result = dataclasses.replace(result, brands=hinted)
         if self._matcher is not None:
             result = dataclasses.replace(result, brands=post_brands(result, self._matcher))
@@ -177,14 +175,19 @@ class Pipeline:
         self._pending.add(task)
         task.add_done_callback(self._settled)
 
+    def _fail(self, reason: str) -> None:
+        """Stop the worker (PipelineService watches `failure`); the first reason is the one reported."""
+        if not self.failure.done():
+            self.failure.set_exception(PipelineFailed(reason))
+
     def _stage_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and (error := task.exception()) is not None and not self.failure.done():
-            self.failure.set_exception(PipelineFailed(f"batch preparer died: {error!r}"))
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._fail(f"batch preparer died: {error!r}")
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self.failure.done():
-            self.failure.set_exception(PipelineFailed(str(task.exception())))
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(str(task.exception()))
 
     async def _run_backend(self, batch: Batch[Ticket]) -> list[Prediction]:
         loop = asyncio.get_running_loop()
@@ -222,13 +225,10 @@ class Pipeline:
         failed = [(job, r) for job, r in zip(batch.jobs, results, strict=True) if isinstance(r, BaseException)]
         if len(failed) == len(batch.jobs) and not await self._model_works():
             # An outage (lost GPU, wrong model), not bad input: dead-lettering would divert the whole stream.
-            if not self.failure.done():
-                self.failure.set_exception(
-                    PipelineFailed(
-                        f"inference fails on input it ran before (last error: {failed[-1][1]!r}); "
-                        "stopping with the batch's posts uncommitted"
-                    )
-                )
+            self._fail(
+                f"inference fails on input it ran before (last error: {failed[-1][1]!r}); "
+                "stopping with the batch's posts uncommitted"
+            )
             return [None] * len(batch.jobs)
         for job, error in failed:
             ticket = job.ticket

@@ -607,13 +607,12 @@ class HintedBrands:
 
     Each brand is a mention per post (carrying its text), brand-monitor state and metric labels; hints come
     from whoever writes the input topic, so they must not mint brands without end. Hints past the limit
-    are dropped from the post (it is still served) and counted in `dropped`.
+    are left out of what `admit` returns (the post is still served).
     """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._names: set[str] = set()
-        self.dropped = 0
 
     def admit(self, hints: list[str], defined: frozenset[str] = frozenset()) -> list[str]:
         admitted = []
@@ -623,8 +622,6 @@ class HintedBrands:
             elif len(self._names) < self._limit:
                 self._names.add(name)
                 admitted.append(name)
-            else:
-                self.dropped += 1
         return admitted
 
 
