@@ -27,8 +27,8 @@ from stream.sample_posts import labelled_stream, load_tweet_texts
 from stream.schema import BrandMention
 from stream.settings import Settings
 from stream.validate import SourceRef, ValidPost
-from stream.worker import build_validator, topic_partitions
-from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, free_port, read_outputs
+from stream.worker import build_validator
+from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, free_port, read_outputs, wait_for_commits
 from tests.integration.harness import produce as produce_posts
 
 MINUTE = 60_000
@@ -315,31 +315,6 @@ async def test_a_worker_that_loses_its_partitions_commits_the_work_it_finished(
                 worker.wait(timeout=30)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
-
-
-async def wait_for_commits(
-    bootstrap: str, group: str, topic: str, timeout: float
-) -> tuple[dict[int, int], dict[int, int]]:
-    """(end offsets now, the group's committed offsets once they reach those ends or the timeout passes)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        partitions = await topic_partitions(admin, topic)
-        ends = {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
-        committed: dict[int, int] = {}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
-            committed = {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-            if all(committed.get(p, 0) >= end for p, end in ends.items()):
-                break
-            await asyncio.sleep(0.5)
-        return ends, committed
-    finally:
-        await admin.close()
-        await consumer.stop()
 
 
 def test_the_full_worker_commits_the_mentions_it_has_handled(kafka: LocalKafka, tmp_path: Path) -> None:

@@ -97,6 +97,18 @@ def finish_with_second_worker(kafka: Any, topics: Topics, tmp_path: Path, record
         assert second.stop() == 0, second.log_tail()
 
 
+def restarted_if_stopped(
+    kafka: Any, topics: Topics, tmp_path: Path, worker: WorkerProcess, wait_s: float
+) -> list[WorkerProcess]:
+    """The worker and, if it stops within `wait_s`, the one a supervisor would start in its place."""
+    assert worker.process is not None
+    try:
+        worker.process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        return [worker]
+    return [worker, WorkerProcess(kafka.bootstrap, topics, tmp_path, "restarted").start()]
+
+
 def test_sigkill_mid_stream_loses_nothing(kafka: Any, tweet_texts: list[str], tmp_path: Path) -> None:
     topics = Topics()
     records = labelled_stream(tweet_texts, 6_000, malformed_share=0.0, seed=12)
@@ -140,14 +152,8 @@ def test_broker_stopped_longer_than_the_request_timeout_loses_nothing(
     time.sleep(45)
     kafka.start()
     outage_s = time.monotonic() - outage_started
-    workers = [first]
-    assert first.process is not None
-    try:
-        first.process.wait(timeout=90)  # it stops on undeliverable outputs, or rides the outage out
-    except subprocess.TimeoutExpired:
-        pass
-    else:
-        workers.append(WorkerProcess(kafka.bootstrap, topics, tmp_path, "restarted").start())
+    # It stops on undeliverable outputs, or rides the outage out.
+    workers = restarted_if_stopped(kafka, topics, tmp_path, first, wait_s=90)
     try:
         outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(valid), len(bad), timeout=600))
     finally:
@@ -169,14 +175,7 @@ def test_the_dlq_topic_deleted_while_the_worker_runs_loses_nothing(
     first = worker_midway(kafka, topics, tmp_path, before, events=300)
     asyncio.run(delete_topic(kafka.bootstrap, topics.dlq))
     asyncio.run(produce(kafka.bootstrap, topics.posts, after))
-    workers = [first]
-    assert first.process is not None
-    try:
-        first.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    else:
-        workers.append(WorkerProcess(kafka.bootstrap, topics, tmp_path, "restarted").start())
+    workers = restarted_if_stopped(kafka, topics, tmp_path, first, wait_s=60)
     valid = [r for r in records if r.expected is None]
     bad_after = [r for r in after if r.expected is not None]
     try:
