@@ -15,8 +15,9 @@ when that passes its end + allowed lateness. So that windows also close when pos
 tick record into each partition this worker owns every `tick_s`; a tick on an idle partition (no mention for
 `idle_s` of wall-clock time) advances the partition's event time by the wall time since its last mention.
 Ticks travel through the topic, so they are ordered with the mentions and table writes stay in the right
-partition. Processing is at-least-once: a mention redelivered after a crash is recognised by post id and not
-counted twice; an output may be sent twice, and carries a stable id (alert_id; brand + window for stats).
+partition. Processing is at-least-once and counts each post once: a record replayed after a restore is
+recognised by its offset, a post the pipeline emitted twice by its author's history (BrandMonitor.observe);
+an output may be sent twice, and carries a stable id (alert_id; brand + window for stats).
 
 Commits (the pipeline's rule, stream/ingest.py): the stream is `noack()` and the mentions topic's offsets
 come from the commit sequencer. A record is done once its outputs and the table flush that holds its state
@@ -62,8 +63,8 @@ class StructTable(MutableMapping[str, T], Generic[T]):
     """A Faust table of msgspec-JSON bytes seen as a mapping of str -> struct, written behind.
 
     Writes wait here, each with the partition of the record that made it, until `flush()` hands the last
-    value of every waiting key to the Faust table and its changelog. A brand's state is 100-190 kB of JSON
-    once its windows and dedupe memory fill; written through on every mention, the changelog took 9 GB
+    value of every waiting key to the Faust table and its changelog. A brand's state is up to a few hundred kB
+    of JSON once its windows and dedupe memory fill; written through on every mention, the changelog took 9 GB
     over a few demo runs and Faust's producer buffer backed the whole worker up (demo e2e p50 ~1.6 s).
     `CommitFlush` flushes as each offset commit begins: Faust then flushes its producer before it
     commits, so no committed record's state is left behind (Kafka Streams' state-store cache does the same).
@@ -206,9 +207,10 @@ class BrandAgents:
         authors = StructTable(self.author_table, AuthorState)
         self.monitor = BrandMonitor(config, states, authors)
         self.index: StructTable[list[str]] = StructTable(self.index_table, list[str])
-        # Flushed in this order: a brand's state marks its mentions seen, so a redelivered mention is skipped;
-        # the author histories it updated go first (they skip a post they hold), else a worker killed between
-        # the two would restart with the mention seen and missing from its author's history.
+        # Flushed in this order: a brand's state marks its records applied, so a replayed one is skipped; the
+        # author histories they updated go first (they skip a post they hold, and a post held with the same
+        # offset is still counted by its brand), else a worker killed between the two would restart with the
+        # record applied and missing from its author's history.
         self.tables: tuple[StructTable[Any], ...] = (authors, self.index, states)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
@@ -237,7 +239,7 @@ class BrandAgents:
         self._due[partition] = min(dues) if dues else None
         return outputs
 
-    def on_mention(self, partition: int, raw: bytes) -> list[Output]:
+    def on_mention(self, partition: int, offset: int, raw: bytes) -> list[Output]:
         mention = self._mention_decoder.decode(raw)
         clock = self._clocks.get(partition, (0, 0))
         if mention.created_at > clock[0]:
@@ -246,7 +248,7 @@ class BrandAgents:
         brands = self._brands(partition)
         if mention.brand not in brands:
             self.index[f"p{partition}"] = [*brands, mention.brand]
-        outputs.extend(self.monitor.observe(mention))
+        outputs.extend(self.monitor.observe(mention, offset))
         due = self.monitor.next_close_ms(mention.brand)
         current = self._due.get(partition)
         if due is not None and (current is None or due < current):
@@ -267,8 +269,10 @@ class BrandAgents:
         idle = wall - seen_wall
         return self._advance(partition, event_ms + idle) if idle >= self.idle_ms else []
 
-    def apply(self, partition: int, key: bytes | None, raw: bytes) -> list[Output]:
-        return self.on_tick(partition, raw) if key == TICK_KEY else self.on_mention(partition, raw)
+    def apply(self, message: Any, raw: bytes) -> list[Output]:
+        if message.key == TICK_KEY:
+            return self.on_tick(message.partition, raw)
+        return self.on_mention(message.partition, message.offset, raw)
 
     async def handle(self, event: Any) -> None:
         """Apply one mentions-topic record and send its outputs; its commit waits for them and its flush."""
@@ -276,7 +280,7 @@ class BrandAgents:
         partition = message.partition
         handled = Handled(event, self.sequencer.track(message.tp, message.offset))
         try:
-            outputs = self.apply(partition, event.key, event.value)
+            outputs = self.apply(message, event.value)
             handled.sends = await self.emit(outputs)
             handled.replay = event.value
         except Exception as error:
@@ -306,7 +310,7 @@ class BrandAgents:
             self._due[partition] = dues[partition]
         for handled in self._handled.get(partition, []):
             if handled.replay is not None:
-                self.apply(partition, handled.event.key, handled.replay)
+                self.apply(handled.event.message, handled.replay)
 
     def flush(self) -> None:
         """Send every waiting state write; the records handled so far settle once it and their outputs are acked."""

@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+HASH_SPACE = 1 << 64
+
 # ----------------------------------------------------------------------------------------------- state
 
 
@@ -25,14 +27,74 @@ class Example(msgspec.Struct):
     sentiment_value: float
 
 
+class AuthorSample(msgspec.Struct):
+    """A window's authors for unique authors and reach, bounded: a KMV (k minimum values) sketch.
+
+    Up to `capacity` authors it holds every one (exact counts). Beyond, it keeps the `capacity` authors whose
+    id hashes are smallest, a uniform sample, and estimates the number of authors as (k - 1) / (k-th smallest
+    hash, as a fraction of 2^64) (Bar-Yossef et al., 2002; relative standard error about 1 / sqrt(k - 2)).
+    Follower counts are heavy-tailed, so a sample's mean misses or overweights the few large accounts that
+    carry most of the reach: the `heavy` most-followed authors are summed exactly, and the sample estimates
+    only the rest. Keyed by hash, so an author counts once however often they post.
+    """
+
+    # id hash -> followers (the largest seen), for the authors with the smallest hashes.
+    followers: dict[int, int] = msgspec.field(default_factory=dict)
+    # Some author was left out or dropped: the counts are estimates.
+    saturated: bool = False
+    # The largest hash held, once the sample is full.
+    ceiling: int = 0
+    # id hash -> followers of the most-followed authors.
+    top: dict[int, int] = msgspec.field(default_factory=dict)
+    # The fewest followers in `top`, once it is full.
+    top_floor: int = 0
+
+    def add(self, digest: int, followers: int, capacity: int, heavy: int) -> None:
+        self._add_top(digest, followers, heavy)
+        known = self.followers.get(digest)
+        if known is not None:
+            self.followers[digest] = max(known, followers)
+        elif len(self.followers) < capacity:
+            self.followers[digest] = followers
+            if len(self.followers) == capacity:
+                self.ceiling = max(self.followers)
+        else:
+            self.saturated = True
+            if digest < self.ceiling:
+                del self.followers[self.ceiling]
+                self.followers[digest] = followers
+                self.ceiling = max(self.followers)
+
+    def _add_top(self, digest: int, followers: int, heavy: int) -> None:
+        if len(self.top) == heavy and followers <= self.top_floor:
+            return
+        if digest in self.top or len(self.top) < heavy:
+            self.top[digest] = max(followers, self.top.get(digest, 0))
+        else:
+            del self.top[min(self.top, key=self.top.__getitem__)]
+            self.top[digest] = followers
+        if len(self.top) == heavy:
+            self.top_floor = min(self.top.values())
+
+    def unique(self) -> int:
+        if not self.saturated:
+            return len(self.followers)
+        return round((len(self.followers) - 1) * HASH_SPACE / (self.ceiling + 1))
+
+    def reach(self) -> int:
+        if not self.saturated:
+            return sum(self.followers.values())
+        rest = sum(f for digest, f in self.followers.items() if digest not in self.top)
+        return sum(self.top.values()) + round(rest * self.unique() / len(self.followers))
+
+
 class WindowAgg(msgspec.Struct):
     """One open window of one brand. Flagged posts only count in `flagged*`."""
 
     start: int
     end: int
     posts: int = 0
-    # author -> followers (the largest seen): unique authors and reach without double counting.
-    authors: dict[str, int] = msgspec.field(default_factory=dict)
+    authors: AuthorSample = msgspec.field(default_factory=AuthorSample)
     sentiments: dict[str, int] = msgspec.field(default_factory=dict)
     sentiment_sum: float = 0.0
     behaviours: dict[str, int] = msgspec.field(default_factory=dict)
@@ -95,8 +157,10 @@ class BrandState(msgspec.Struct):
     streaks: dict[str, int] = msgspec.field(default_factory=dict)
     # No new incident opens for a window starting before this.
     cooldown_until: int = 0
-    # post id -> created_at, for posts in still-open windows: a redelivered post is not counted twice.
-    seen: dict[str, int] = msgspec.field(default_factory=dict)
+    # The mentions-topic offset of the last record applied here: a record replayed after a restore (the
+    # state was flushed past the committed offset) is not counted twice. Its brand's records all come from
+    # one partition, in order.
+    applied_offset: int = -1
     # normalised-text hash -> last seen (event time), oldest first.
     recent_hashes: dict[str, int] = msgspec.field(default_factory=dict)
     recent_signatures: list[NearSignature] = msgspec.field(default_factory=list)
@@ -112,6 +176,8 @@ class AuthorEvent(msgspec.Struct, array_like=True):
     complaint: bool
     churn: bool
     flagged: bool
+    # The mentions-topic offset it came from (-1: none): the same post at another offset is an upstream repeat.
+    offset: int = -1
 
 
 class AuthorState(msgspec.Struct):

@@ -22,6 +22,7 @@ an incident has lasted `adapt_after_windows`, when a lasting shift becomes the n
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Literal
@@ -78,6 +79,13 @@ class MonitorConfig(BaseSettings):
     min_negativity_rise: float = Field(0.15, description="Negativity must also exceed its baseline by this.")
     negativity_std_floor: float = Field(0.03, description="Smallest negativity deviation a z-score divides by.")
     examples: int = Field(3, description="Example posts per list (most followed, most negative) in an alert.")
+    example_chars: int = Field(500, description="Example texts are cut to this many characters (the state's bound).")
+    window_authors: int = Field(
+        512,
+        description="Authors a window holds exactly; beyond, unique authors and reach are estimated from a "
+        "sample of this size (relative error about 1/sqrt(k)).",
+    )
+    window_top_authors: int = Field(32, description="Most-followed authors a window sums exactly for its reach.")
     top_terms: int = Field(8, description="Distinguishing terms per alert.")
     window_terms: int = Field(300, description="Terms counted per window (Misra-Gries capacity).")
     baseline_terms: int = Field(1000, description="Terms kept in a brand's term baseline.")
@@ -99,6 +107,11 @@ class MonitorConfig(BaseSettings):
 
 def sentiment_value(scores: dict[str, float]) -> float:
     return scores.get("positive", 0.0) - scores.get("negative", 0.0)
+
+
+def author_digest(author: str) -> int:
+    """The author's place in a window's AuthorSample: a 64-bit hash, uniform whatever the ids look like."""
+    return int.from_bytes(hashlib.blake2b(author.encode(errors="surrogatepass"), digest_size=8).digest(), "big")
 
 
 def author_key(brand: str, author: str) -> str:
@@ -123,7 +136,9 @@ class BrandMonitor:
 
     # ------------------------------------------------------------------------------------ observe
 
-    def observe(self, mention: BrandMention) -> list[Output]:
+    def observe(self, mention: BrandMention, offset: int | None = None) -> list[Output]:
+        """Count one mention; `offset` is its position on the mentions topic (None where there is no topic, as in
+        the backtest: then a post already in its author's history is taken as a repeat)."""
         state = self.brands.get(mention.brand)
         t = mention.created_at
         if state is None:
@@ -131,16 +146,23 @@ class BrandMonitor:
             state.closed_until = t - t % self._window_ms
             if self._hop_size_ms:
                 state.hop_closed_until = t - t % self._hop_step_ms
-        if mention.post_id in state.seen:
+        if offset is not None and offset <= state.applied_offset:
             return []
+        author = self.authors.get(author_key(mention.brand, mention.author_id)) or AuthorState()
+        # The ingest pipeline delivers at least once: a post it redid comes again at a later offset. Its
+        # author's history (author_history events, author_window_s) is where the monitor remembers posts, so
+        # the dedupe memory is split by author rather than one list per brand that grows with its volume.
+        if any(e.post_id == mention.post_id and (offset is None or e.offset != offset) for e in author.events):
+            return []
+        if offset is not None:
+            state.applied_offset = offset
         if t < state.closed_until:
             state.late += 1
             self.brands[mention.brand] = state
             return []
         outputs: list[Output] = []
-        author = self.authors.get(author_key(mention.brand, mention.author_id)) or AuthorState()
         reasons = self._noise(state, author, mention)
-        escalation = self._author(author, mention, flagged=bool(reasons))
+        escalation = self._author(author, mention, flagged=bool(reasons), offset=offset)
         self.authors[author_key(mention.brand, mention.author_id)] = author
         if escalation is not None:
             outputs.append(escalation)
@@ -163,9 +185,9 @@ class BrandMonitor:
                     keys.append((f"h:{hop}", hop, hop + self._hop_size_ms))
                 hop -= self._hop_step_ms
         terms = set() if reasons else noise.terms(mention.text)
+        digest = author_digest(mention.author_id)
         for key, window_start, window_end in keys:
-            self._add(state, key, window_start, window_end, mention, reasons, terms)
-        state.seen[mention.post_id] = t
+            self._add(state, key, window_start, window_end, mention, reasons, terms, digest)
         state.max_event_ms = max(state.max_event_ms, t)
         self.brands[mention.brand] = state
         return outputs
@@ -202,13 +224,21 @@ class BrandMonitor:
             reasons.append("model_spam")
         return reasons
 
-    def _author(self, author: AuthorState, mention: BrandMention, *, flagged: bool) -> AuthorEscalation | None:
+    def _author(
+        self, author: AuthorState, mention: BrandMention, *, flagged: bool, offset: int | None
+    ) -> AuthorEscalation | None:
         c, t = self.config, mention.created_at
         if any(e.post_id == mention.post_id for e in author.events):
             return None
         value = sentiment_value(mention.sentiment_scores)
         event = AuthorEvent(
-            t, mention.post_id, value, "complaint" in mention.behaviours, "churn_risk" in mention.behaviours, flagged
+            t,
+            mention.post_id,
+            value,
+            "complaint" in mention.behaviours,
+            "churn_risk" in mention.behaviours,
+            flagged,
+            -1 if offset is None else offset,
         )
         since = t - c.author_window_s * 1000
         author.events = [e for e in author.events if e.created_at >= since]
@@ -248,6 +278,7 @@ class BrandMonitor:
         mention: BrandMention,
         reasons: list[str],
         terms: set[str],
+        author: int,
     ) -> None:
         agg = state.windows.get(key)
         if agg is None:
@@ -259,14 +290,15 @@ class BrandMonitor:
             return
         c = self.config
         agg.posts += 1
-        agg.authors[mention.author_id] = max(mention.followers, agg.authors.get(mention.author_id, 0))
+        agg.authors.add(author, mention.followers, c.window_authors, c.window_top_authors)
         agg.sentiments[mention.sentiment] = agg.sentiments.get(mention.sentiment, 0) + 1
         value = sentiment_value(mention.sentiment_scores)
         agg.sentiment_sum += value
         for label in mention.behaviours:
             agg.behaviours[label] = agg.behaviours.get(label, 0) + 1
+        text = mention.text if len(mention.text) <= c.example_chars else mention.text[: c.example_chars - 1] + "…"
         example = Example(
-            mention.post_id, mention.author_id, mention.followers, mention.text, mention.sentiment, round(value, 4)
+            mention.post_id, mention.author_id, mention.followers, text, mention.sentiment, round(value, 4)
         )
         agg.top_followed = _top(agg.top_followed, example, c.examples, key=lambda e: (-e.followers, e.post_id))
         agg.most_negative = _top(agg.most_negative, example, c.examples, key=lambda e: (e.sentiment_value, e.post_id))
@@ -290,7 +322,6 @@ class BrandMonitor:
                 sweep.add(brand)
                 changed = True
             if changed:
-                self._prune(state)
                 self.brands[brand] = state
         if sweep:
             self._forget_idle_authors(sweep, watermark - self.config.author_window_s * 1000)
@@ -349,21 +380,14 @@ class BrandMonitor:
                 state.hop_closed_until = max(end, watermark - watermark % self._hop_step_ms)
         return changed
 
-    def _prune(self, state: BrandState) -> None:
-        # Posts older than every open window can no longer be redelivered into one: they would be late.
-        oldest = min(state.closed_until, state.hop_closed_until - self._hop_size_ms + self._hop_step_ms)
-        if self._hop_size_ms == 0:
-            oldest = state.closed_until
-        state.seen = {post: t for post, t in state.seen.items() if t >= oldest}
-
     def _stats(self, brand: str, agg: WindowAgg, kind: str) -> BrandStats:
         posts = agg.posts
         return BrandStats(
             brand=brand,
             window=Window("tumbling" if kind == "tumbling" else "hopping", agg.start, agg.end),
             posts=posts,
-            unique_authors=len(agg.authors),
-            reach=sum(agg.authors.values()),
+            unique_authors=agg.authors.unique(),
+            reach=agg.authors.reach(),
             sentiment=dict(sorted(agg.sentiments.items())),
             sentiment_mix={k: round(v / posts, 4) for k, v in sorted(agg.sentiments.items())} if posts else {},
             mean_sentiment=round(agg.sentiment_sum / posts, 4) if posts else None,

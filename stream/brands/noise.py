@@ -87,9 +87,17 @@ def is_link_only(text: str, min_words: int = 3) -> bool:
     return len(_WORD_RE.findall(rest)) < min_words
 
 
+# Longer "words" are noise (run-together text, encoded blobs); each kept term is state a window carries.
+MAX_TERM_CHARS = 40
+
+
 def terms(text: str) -> set[str]:
     """Content words of a post for the distinguishing-terms statistic (hashtags kept with their #)."""
     text = _MENTION_RE.sub(" ", _URL_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()))
-    found = {tag for tag in _TAG_RE.findall(text)}
-    found.update(word for word in _WORD_RE.findall(_TAG_RE.sub(" ", text)) if len(word) > 2 and not word.isdigit())
+    found = {tag for tag in _TAG_RE.findall(text) if len(tag) <= MAX_TERM_CHARS}
+    found.update(
+        word
+        for word in _WORD_RE.findall(_TAG_RE.sub(" ", text))
+        if 2 < len(word) <= MAX_TERM_CHARS and not word.isdigit()
+    )
     return found - STOPWORDS

@@ -25,8 +25,8 @@ agents = register_brand_agents(app, settings, MonitorConfig(), tick_s=1.0, idle_
 if poison := os.environ.get("BRAND_TEST_FAIL_AFTER_OBSERVING"):
     observe = agents.monitor.observe
 
-    def observe_then_fail(mention: BrandMention) -> list[Output]:
-        outputs = observe(mention)
+    def observe_then_fail(mention: BrandMention, offset: int | None = None) -> list[Output]:
+        outputs = observe(mention, offset)
         if mention.post_id == poison:
             raise RuntimeError(f"injected failure after observing {poison}")
         return outputs
