@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,7 @@ import typer
 from models.cli import app as models_app
 from models.cli import classify
 from stream.brands.cli import backtest_command
+from stream.kafka_auth import KafkaAuthenticationError
 from stream.settings import Settings
 
 
@@ -26,6 +29,17 @@ app = typer.Typer(help="socialpulse: real-time social media stream processor.", 
 app.add_typer(models_app, name="models")
 app.command("classify")(classify)
 app.command("backtest")(backtest_command)
+
+
+@contextmanager
+def _refused_login_exits() -> Iterator[None]:
+    """Wrong credentials end the command with the broker's refusal in one line: a traceback would only
+    bury it, and retrying cannot help."""
+    try:
+        yield
+    except KafkaAuthenticationError as error:
+        typer.echo(f"socialpulse: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -44,7 +58,9 @@ def run(
 
     settings = Settings() if role is None else Settings(role=role.value)
     worker_app, _ = build_worker_app(settings, Metrics())
-    asyncio.run(ensure_topics(settings, changelog_topics(worker_app)))
+    # Every client of the worker logs in as the admin does, so this is where wrong credentials stop it.
+    with _refused_login_exits():
+        asyncio.run(ensure_topics(settings, changelog_topics(worker_app)))
     faust.Worker(worker_app, loglevel=loglevel).execute_from_commandline()
 
 
@@ -60,17 +76,18 @@ def replay(
     from stream.replay import replay as replay_posts
 
     settings = Settings()
-    sent = asyncio.run(
-        replay_posts(
-            file,
-            topic or settings.input_topic,
-            settings.kafka_bootstrap,
-            rate,
-            retime=retime,
-            limit=limit,
-            client_options=settings.kafka_client_options,
+    with _refused_login_exits():
+        sent = asyncio.run(
+            replay_posts(
+                file,
+                topic or settings.input_topic,
+                settings.kafka_bootstrap,
+                rate,
+                retime=retime,
+                limit=limit,
+                client_options=settings.kafka_client_options,
+            )
         )
-    )
     typer.echo(f"replayed {sent} posts to {topic or settings.input_topic}")
 
 

@@ -1,7 +1,8 @@
 """A native single-node Kafka broker for the demo and the integration tests, driven by deploy/kafka/kafka.sh.
 
 Each `LocalKafka` is one state dir (config, data, logs, pid) plus one port pair (broker `port`, KRaft
-controller `port + 1`), so a test broker and a demo broker can run side by side.
+controller `port + 1`), so a test broker and a demo broker can run side by side. A broker may also serve
+a SASL_SSL listener (`SaslSslListener`) and take extra server properties.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -22,8 +25,43 @@ DEFAULT_STATE_DIR = REPO_ROOT / ".cache/kafka"
 _STATUS_STOPPED = 3
 
 
+# kafka.sh settings each LocalKafka decides, never inherited from the caller's environment: an inherited
+# controller or SASL_SSL port would collide across brokers, and listeners or properties would not be the ones
+# the broker was made with.
+_NOT_INHERITED = (
+    "SOCIALPULSE_KAFKA_CONTROLLER_PORT",
+    "SOCIALPULSE_KAFKA_SASL_SSL_PORT",
+    "SOCIALPULSE_KAFKA_SSL_KEYSTORE",
+    "SOCIALPULSE_KAFKA_SSL_KEYSTORE_PASSWORD",
+    "SOCIALPULSE_KAFKA_SCRAM_USERS",
+    "SOCIALPULSE_KAFKA_SERVER_PROPERTIES",
+)
+
+
 class LocalKafkaError(RuntimeError):
     """kafka.sh failed; the message carries its stderr."""
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener on 127.0.0.1:`port` (SCRAM-SHA-256 and -512; controller and inter-broker traffic
+    stay PLAINTEXT), its PKCS12 keystore, and the SCRAM users (name -> password) stored at format."""
+
+    port: int
+    keystore: Path
+    keystore_password: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism: str = "SCRAM-SHA-512"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SOCIALPULSE_KAFKA_SASL_SSL_PORT": str(self.port),
+            "SOCIALPULSE_KAFKA_SSL_KEYSTORE": str(self.keystore),
+            "SOCIALPULSE_KAFKA_SSL_KEYSTORE_PASSWORD": self.keystore_password,
+            "SOCIALPULSE_KAFKA_SCRAM_USERS": "\n".join(
+                f"{self.mechanism}=[name={name},password={password}]" for name, password in self.users.items()
+            ),
+        }
 
 
 def kafka_script() -> Path:
@@ -40,15 +78,28 @@ class LocalKafka:
         *,
         start_timeout_s: float = 90.0,
         stop_timeout_s: float = 30.0,
+        sasl_ssl: SaslSslListener | None = None,
+        server_properties: Mapping[str, str] | None = None,
     ) -> None:
+        """`server_properties` replace or add to deploy/kafka/server.properties on every start (e.g.
+        {"auto.create.topics.enable": "false"}); SCRAM users are stored only when the storage is formatted,
+        so a changed `sasl_ssl.users` needs a `reset`."""
         self.state_dir = Path(state_dir).resolve()
         self.port = port
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.sasl_ssl = sasl_ssl
+        self.server_properties = dict(server_properties or {})
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        if self.sasl_ssl is None:
+            raise LocalKafkaError(f"the broker of {self.state_dir} has no SASL_SSL listener")
+        return f"127.0.0.1:{self.sasl_ssl.port}"
 
     def start(self) -> str:
         """Start the broker (a no-op when it already runs) and return the bootstrap address once it serves."""
@@ -87,15 +138,20 @@ class LocalKafka:
     def _run(
         self, command: str, *, timeout_s: float, ok_codes: tuple[int, ...] = (0,)
     ) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "SOCIALPULSE_KAFKA_HOME": str(self.state_dir),
-            "SOCIALPULSE_KAFKA_PORT": str(self.port),
-            "SOCIALPULSE_KAFKA_START_TIMEOUT": str(int(self.start_timeout_s)),
-            "SOCIALPULSE_KAFKA_STOP_TIMEOUT": str(int(self.stop_timeout_s)),
-        }
-        # The controller port is derived from the broker port; an inherited one would collide across brokers.
-        env.pop("SOCIALPULSE_KAFKA_CONTROLLER_PORT", None)
+        env = {name: value for name, value in os.environ.items() if name not in _NOT_INHERITED}
+        env.update(
+            {
+                "SOCIALPULSE_KAFKA_HOME": str(self.state_dir),
+                "SOCIALPULSE_KAFKA_PORT": str(self.port),
+                "SOCIALPULSE_KAFKA_START_TIMEOUT": str(int(self.start_timeout_s)),
+                "SOCIALPULSE_KAFKA_STOP_TIMEOUT": str(int(self.stop_timeout_s)),
+                **(self.sasl_ssl.env() if self.sasl_ssl else {}),
+            }
+        )
+        if self.server_properties:
+            env["SOCIALPULSE_KAFKA_SERVER_PROPERTIES"] = "\n".join(
+                f"{k}={v}" for k, v in self.server_properties.items()
+            )
         script = kafka_script()
         try:
             result = subprocess.run(

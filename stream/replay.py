@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stream.emit import now_ms
+from stream.kafka_auth import start_client
 from stream.validate import parse_created_at
 
 
@@ -56,10 +57,10 @@ async def replay(
     total = sum(1 for _ in read_records(path, retime=False))
     if limit is not None:
         total = min(total, limit)
+    options = client_options or {}
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **(client_options or {})
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, **options
     )
-    await producer.start()
     deliveries: list[asyncio.Future[object]] = []
     columns = (
         TextColumn("replay"),
@@ -68,8 +69,10 @@ async def replay(
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
-    started = time.monotonic()
     try:
+        # Inside the try: a producer that could not log in is closed too.
+        await start_client(producer, bootstrap, options)
+        started = time.monotonic()
         with Progress(*columns, disable=not show_progress, transient=False) as progress:
             task = progress.add_task("replay", total=total, rate="")
             records = read_records(path, retime)

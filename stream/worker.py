@@ -23,6 +23,7 @@ from stream.brands.agent import register_brand_agents
 from stream.brands.query import Matcher, ReloadingCatalog
 from stream.emit import Emitter, Topics
 from stream.ingest import OffsetSequencer, register_ingest, worker_transport
+from stream.kafka_auth import start_client
 from stream.metrics import Metrics
 from stream.pipeline import BatchObserver, Pipeline, Ticket
 from stream.schema import ModelRef
@@ -163,7 +164,7 @@ class PipelineService(Service):
             client_id=f"{settings.app_id}-events",
             **settings.kafka_client_options,
         )
-        await self._producer.start()
+        await start_client(self._producer, settings.kafka_bootstrap, settings.kafka_client_options)
         await self._lag_probe.start()
         tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
         batcher: Batcher[Ticket] = Batcher(
@@ -337,7 +338,7 @@ async def cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> dic
 async def kafka_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client for the configured cluster, closed on exit."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options)
-    await admin.start()
+    await start_client(admin, settings.kafka_bootstrap, settings.kafka_client_options)
     try:
         yield admin
     finally:
@@ -359,11 +360,11 @@ class LagProbe:
 
     async def start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__.
-        options = self._settings.kafka_client_options
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.kafka_bootstrap, **options)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap, **options)
-        await admin.start()
-        await consumer.start()
+        bootstrap, options = self._settings.kafka_bootstrap, self._settings.kafka_client_options
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **options)
+        await start_client(admin, bootstrap, options)
+        await start_client(consumer, bootstrap, options)
         self._clients = (admin, consumer)
 
     async def stop(self) -> None:

@@ -15,6 +15,14 @@
 #   SOCIALPULSE_KAFKA_HEAP             JVM heap flags (default "-Xms256m -Xmx512m")
 #   SOCIALPULSE_KAFKA_START_TIMEOUT    seconds to wait for the broker to serve (default 90)
 #   SOCIALPULSE_KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL (default 30)
+#   SOCIALPULSE_KAFKA_SASL_SSL_PORT    also serve SASL_SSL clients (SCRAM-SHA-256/512) on 127.0.0.1:PORT (default
+#                                      none); needs the two settings below and SCRAM users to log in as
+#   SOCIALPULSE_KAFKA_SSL_KEYSTORE     PKCS12 keystore holding that listener's key and certificate
+#   SOCIALPULSE_KAFKA_SSL_KEYSTORE_PASSWORD  the keystore's password
+#   SOCIALPULSE_KAFKA_SCRAM_USERS      SCRAM credentials stored when the storage is formatted, one StorageTool
+#                                      --add-scram value a line, e.g. SCRAM-SHA-512=[name=alice,password=secret]
+#   SOCIALPULSE_KAFKA_SERVER_PROPERTIES  key=value lines that replace or add to the rendered server.properties
+#                                      (default none), e.g. auto.create.topics.enable=false
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +35,9 @@ LIBS="${SOCIALPULSE_KAFKA_LIBS:-$REPO_ROOT/.cache/kafka/libs}"
 HEAP="${SOCIALPULSE_KAFKA_HEAP:--Xms256m -Xmx512m}"
 START_TIMEOUT="${SOCIALPULSE_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${SOCIALPULSE_KAFKA_STOP_TIMEOUT:-30}"
+SASL_SSL_PORT="${SOCIALPULSE_KAFKA_SASL_SSL_PORT:-}"
+SCRAM_USERS="${SOCIALPULSE_KAFKA_SCRAM_USERS:-}"
+SERVER_PROPERTIES="${SOCIALPULSE_KAFKA_SERVER_PROPERTIES:-}"
 
 DATA_DIR="$KAFKA_HOME/data"
 LOG_DIR="$KAFKA_HOME/logs"
@@ -95,12 +106,50 @@ running_pid() {
     echo "$pid"
 }
 
+# The SASL_SSL listener. The controller and inter-broker listeners stay PLAINTEXT: one node on loopback,
+# where only clients need to authenticate.
+sasl_ssl_properties() {
+    local keystore="${SOCIALPULSE_KAFKA_SSL_KEYSTORE:-}" password="${SOCIALPULSE_KAFKA_SSL_KEYSTORE_PASSWORD:-}"
+    [[ -n "$keystore" && -n "$password" ]] ||
+        die "SOCIALPULSE_KAFKA_SASL_SSL_PORT needs SOCIALPULSE_KAFKA_SSL_KEYSTORE and _KEYSTORE_PASSWORD"
+    [[ -f "$keystore" ]] || die "SOCIALPULSE_KAFKA_SSL_KEYSTORE=$keystore: no such file"
+    local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    printf '%s\n' \
+        "listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT" \
+        "advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT" \
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL" \
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256" \
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram" \
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram" \
+        "listener.name.sasl_ssl.ssl.keystore.type=PKCS12" \
+        "listener.name.sasl_ssl.ssl.keystore.location=$keystore" \
+        "listener.name.sasl_ssl.ssl.keystore.password=$password"
+}
+
+# Usage: set_properties FILE <key=value lines: each replaces the file's line for its key, or is appended.
+set_properties() {
+    local line key
+    while IFS= read -r line; do
+        [[ -z "$line" || "$line" == \#* ]] && continue
+        [[ "$line" == *=* ]] || die "not a key=value property: $line"
+        key="${line%%=*}"
+        # Java would take the last of two lines; one line per key keeps the rendered file honest to read.
+        awk -v key="$key=" 'index($0, key) != 1' "$1" >"$1.tmp"
+        mv -f "$1.tmp" "$1"
+        printf '%s\n' "$line" >>"$1"
+    done
+}
+
 render_config() {
     mkdir -p "$DATA_DIR" "$LOG_DIR"
     sed -e "s|@BROKER_PORT@|$PORT|g" \
         -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
         -e "s|@DATA_DIR@|$DATA_DIR|g" \
         "$SCRIPT_DIR/server.properties" >"$CONFIG"
+    if [[ -n "$SASL_SSL_PORT" ]]; then
+        sasl_ssl_properties | set_properties "$CONFIG"
+    fi
+    set_properties "$CONFIG" <<<"$SERVER_PROPERTIES"
 }
 
 # Usage: java_cmd [launcher...] -- main-class args...; execs, so call it in a subshell.
@@ -123,8 +172,13 @@ format_storage() {
     # Same shape as StorageTool random-uuid (base64url of 16 random bytes) without a second JVM start.
     cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
     cluster_id="A${cluster_id:1}" # an id starting with '-' would parse as an option
+    # SCRAM credentials live in the cluster metadata: stored at format, before any listener takes logins.
+    local scram=() entry
+    while IFS= read -r entry; do
+        [[ -n "$entry" ]] && scram+=(--add-scram "$entry")
+    done <<<"$SCRAM_USERS"
     (java_cmd -- kafka.tools.StorageTool format --standalone --ignore-formatted \
-        --cluster-id "$cluster_id" --config "$CONFIG") >"$LOG_DIR/format.log" 2>&1 ||
+        --cluster-id "$cluster_id" --config "$CONFIG" "${scram[@]}") >"$LOG_DIR/format.log" 2>&1 ||
         die "storage format failed: $(tail -n 5 "$LOG_DIR/format.log")"
 }
 
@@ -141,9 +195,12 @@ cmd_start() {
     fi
     command -v java >/dev/null || die "java not found (Java 17+ is required)"
     cmd_fetch
-    if port_open "$PORT" || port_open "$CONTROLLER_PORT"; then
-        die "port $PORT or $CONTROLLER_PORT on 127.0.0.1 is taken; set SOCIALPULSE_KAFKA_PORT"
-    fi
+    local port
+    for port in "$PORT" "$CONTROLLER_PORT" $SASL_SSL_PORT; do
+        if port_open "$port"; then
+            die "port $port on 127.0.0.1 is taken; set SOCIALPULSE_KAFKA_PORT (or _SASL_SSL_PORT)"
+        fi
+    done
     render_config
     format_storage
     # The readiness check greps this run's log only.

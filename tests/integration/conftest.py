@@ -4,12 +4,15 @@ The broker is separate from the demo one (own state dir under .cache/kafka-test-
 from an empty data dir each session and is stopped at the end. Override the port with
 SOCIALPULSE_TEST_KAFKA_PORT (the KRaft controller takes the next one); the state dir follows the port, so
 sessions on different ports never reset each other's broker.
+
+A test module that needs a broker configured otherwise (extra server properties, a SASL_SSL listener)
+starts its own with `harness.fresh_broker(offset, ...)`, on ports above the session broker's. Offsets taken:
+0-1 the session broker, 2-4 test_sasl_ssl.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,11 +22,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.kafka_local import REPO_ROOT, LocalKafka
+from stream.kafka_local import LocalKafka
+from tests.integration.harness import fresh_broker
 from tests.integration.worker_fixtures import running_worker  # noqa: F401  pytest_plugins only works in a root conftest
 
-TEST_KAFKA_PORT = int(os.environ.get("SOCIALPULSE_TEST_KAFKA_PORT", "19192"))
-TEST_KAFKA_HOME = REPO_ROOT / f".cache/kafka-test-{TEST_KAFKA_PORT}"
 _HERE = Path(__file__).resolve().parent
 
 TopicFactory = Callable[..., Awaitable[str]]
@@ -39,12 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[LocalKafka]:
-    broker = LocalKafka(TEST_KAFKA_HOME, TEST_KAFKA_PORT)
-    # Also stops a broker left behind by a killed session, so every session sees an empty cluster.
-    broker.reset()
-    broker.start()
-    yield broker
-    broker.stop()
+    with fresh_broker() as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -4,32 +4,57 @@ the tests need is here."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.harness import REPO_ROOT, Outputs, Topics, WorkerProcess, free_port, produce, read_outputs
+from stream.kafka_local import LocalKafka
 from stream.worker import topic_partitions
 
 __all__ = [
     "REPO_ROOT",
+    "TEST_KAFKA_PORT",
     "Outputs",
     "Topics",
     "WorkerProcess",
     "free_port",
+    "fresh_broker",
     "produce",
     "read_outputs",
     "wait_for_commits",
 ]
 
+TEST_KAFKA_PORT = int(os.environ.get("SOCIALPULSE_TEST_KAFKA_PORT", "19192"))
+
+
+@contextmanager
+def fresh_broker(offset: int = 0, **options: Any) -> Iterator[LocalKafka]:
+    """A started broker on TEST_KAFKA_PORT + offset (controller one above) with an empty cluster, stopped
+    on exit. `options` go to LocalKafka: `server_properties={"auto.create.topics.enable": "false"}`,
+    `sasl_ssl=SaslSslListener(...)`."""
+    port = TEST_KAFKA_PORT + offset
+    broker = LocalKafka(REPO_ROOT / f".cache/kafka-test-{port}", port, **options)
+    # Also stops a broker left behind by a killed session, so every session sees an empty cluster.
+    broker.reset()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
 
 async def wait_for_commits(
-    bootstrap: str, group: str, topic: str, timeout: float
+    bootstrap: str, group: str, topic: str, timeout: float, client_options: Mapping[str, Any] | None = None
 ) -> tuple[dict[int, int], dict[int, int]]:
     """(end offsets now, the group's committed offsets once they reach those ends or the timeout passes)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **(client_options or {}))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     await consumer.start()
     await admin.start()
     try:

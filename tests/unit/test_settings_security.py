@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
 from stream.settings import Settings
+from stream.worker import create_app
 
 
 @pytest.mark.parametrize(
@@ -42,3 +44,20 @@ def test_consistent_security_settings_reach_every_client(tmp_path: Path) -> None
         "sasl_plain_password": "secret",
     }
     assert "secret" not in repr(settings)
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+def test_faust_gets_the_security_options_our_own_clients_get(protocol: str, tmp_path: Path) -> None:
+    # Faust builds its consumer, producer and topic admin from the app's credentials, not from our options.
+    fields: dict[str, object] = {"kafka_security_protocol": protocol, "data_dir": tmp_path}
+    if protocol.startswith("SASL_"):
+        fields |= {
+            "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": "socialpulse",
+            "kafka_sasl_password": "secret",
+        }
+    settings = Settings(**fields)  # type: ignore[arg-type]
+    app = create_app(settings)
+    faust_options = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
+    # Faust spells an absent SSL context as None; aiokafka's default is the same.
+    assert {name: value for name, value in faust_options.items() if value is not None} == settings.kafka_client_options
