@@ -4,8 +4,15 @@ the tests need is here."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -20,6 +27,7 @@ __all__ = [
     "free_port",
     "produce",
     "read_outputs",
+    "served",
     "wait_for_commits",
 ]
 
@@ -47,3 +55,34 @@ async def wait_for_commits(
     finally:
         await admin.close()
         await consumer.stop()
+
+
+@contextmanager
+def served(
+    binary: str, package: str, args: Sequence[str], ready_url: str, log: Path, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server from a Debian package (Prometheus, Alertmanager) run with `args` and logging to `log`, handed out
+    once `ready_url` answers; terminated, then killed if it lingers, on the way out."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} not found: run scripts/system-deps.sh (Debian package {package})")
+    with log.open("wb") as out:
+        process = subprocess.Popen([path, *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{binary} did not become ready:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
