@@ -11,6 +11,7 @@ import aiohttp
 from yarl import URL
 
 from stream.brands.model import Alert
+from stream.emit import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,14 @@ def _rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def alertmanager_alert(alert: Alert, firing_ttl_s: float = 3600.0) -> dict[str, Any]:
-    """One alert in the Alertmanager v2 API shape (postableAlert)."""
-    # Alertmanager resolves an alert whose endsAt has passed: a firing alert is held for firing_ttl_s unless
-    # its resolved event (endsAt = the resolving window's end) arrives first.
-    ends = alert.window.end if alert.status == "resolved" else alert.window.end + int(firing_ttl_s * 1000)
+def alertmanager_alert(alert: Alert, posted_ms: int, firing_ttl_s: float = 3600.0) -> dict[str, Any]:
+    """One alert in the Alertmanager v2 API shape (postableAlert), posted at wall time `posted_ms`."""
+    # Alertmanager ends an alert whose endsAt has passed by its own clock: a firing alert is held for
+    # firing_ttl_s from when it is posted unless its resolved event (endsAt = the resolving window's end)
+    # arrives first. Counted from the window's end instead, an alert from a worker catching up on a backlog
+    # more than firing_ttl_s old arrived already resolved and was never notified.
+    ttl_ms = int(firing_ttl_s * 1000)
+    ends = alert.window.end if alert.status == "resolved" else max(alert.window.end, posted_ms) + ttl_ms
     terms = ", ".join(t.term for t in alert.top_terms)
     return {
         "labels": {
@@ -85,7 +89,8 @@ class AlertmanagerWebhook:
         """POST the alerts; returns the attempts it took. Retries connection errors, 5xx and 429."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        body = [alertmanager_alert(alert, self.firing_ttl_s) for alert in alerts]
+        posted = now_ms()
+        body = [alertmanager_alert(alert, posted, self.firing_ttl_s) for alert in alerts]
         delay = self.backoff_s
         for attempt in range(1, self.retries + 2):
             try:
