@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,12 +67,13 @@ class Alertmanager:
             alerts: list[dict[str, Any]] = await got.json()
             return alerts
 
-    def notified(self, alert_id: str, status: str) -> list[dict[str, Any]]:
+    def notified(self, labels: dict[str, str], status: str) -> list[dict[str, Any]]:
+        """The alerts with these labels and status in the notifications so far."""
         return [
             alert
             for notification in self.notifications
             for alert in notification["alerts"]
-            if alert["labels"].get("alert_id") == alert_id and alert["status"] == status
+            if alert["labels"] == labels and alert["status"] == status
         ]
 
     def tail(self) -> str:
@@ -133,38 +134,74 @@ async def eventually(what: str, check: Callable[[], Any], timeout: float, tail: 
     pytest.fail(f"{what} within {timeout}s:\n{tail()}")
 
 
-MINUTES = 24
-BURST = Burst("Acme", 18.0, minutes=2, per_minute=60)  # negative posts, four times the brand's usual volume
+# Alertmanager's view of an alert: its labels by kind (alertname, severity).
+LABELS = {
+    "crisis": ("BrandCrisis", "critical"),
+    "negativity_spike": ("BrandNegativitySpike", "warning"),
+    "volume_spike": ("BrandVolumeSpike", "warning"),
+}
 
 
-# "behind": how far event time trails the wall clock, as when a worker catches up on a backlog after an
-# outage. Alertmanager decides what is active by its own clock.
-@pytest.mark.parametrize("behind_h", [0, 2], ids=["live", "two-hours-behind"])
+def labels(alert: Alert, kind: str) -> dict[str, str]:
+    alertname, severity = LABELS[kind]
+    return {
+        "alertname": alertname,
+        "brand": alert.brand,
+        "kind": kind,
+        "severity": severity,
+        "alert_id": alert.alert_id,
+    }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    minutes: int
+    bursts: list[Burst]
+    # (status, kind) of the alerts an uninterrupted monitor raises for the stream.
+    alerts: list[tuple[str, str]]
+    # How far event time trails the wall clock, as when a worker catches up on a backlog after an outage:
+    # Alertmanager decides what is active by its own clock.
+    behind_h: int = 0
+
+
+# Negative posts at four times the brand's usual volume: a crisis at once.
+CRISIS = Scenario(24, [Burst("Acme", 18.0, minutes=2, per_minute=60)], [("firing", "crisis"), ("resolved", "crisis")])
+SCENARIOS = {
+    "crisis-live": CRISIS,
+    "crisis-two-hours-behind": replace(CRISIS, behind_h=2),
+    # A milder negative burst first: a negativity spike, which the strong one escalates to a crisis.
+    "escalated-live": Scenario(
+        26,
+        [Burst("Acme", 17.0, minutes=3, per_minute=8), Burst("Acme", 20.0, minutes=2, per_minute=60)],
+        [("firing", "negativity_spike"), ("escalated", "crisis"), ("resolved", "crisis")],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 async def test_a_crisis_fires_and_resolves_in_a_real_alertmanager(
-    kafka: LocalKafka, alertmanager: Alertmanager, tmp_path: Path, behind_h: int
+    kafka: LocalKafka, alertmanager: Alertmanager, tmp_path: Path, scenario: Scenario
 ) -> None:
     now = now_ms()
     # The stream ends a minute before now (less `behind_h`): the resolving window has ended when its resolve
     # is posted, as on a live stream.
-    start = now - now % MINUTE - (MINUTES + 1) * MINUTE - behind_h * HOUR
-    spec = StreamSpec(minutes=MINUTES, seed=0, per_minute=15, start_ms=start, bursts=[BURST])
+    start = now - now % MINUTE - (scenario.minutes + 1) * MINUTE - scenario.behind_h * HOUR
+    spec = StreamSpec(minutes=scenario.minutes, seed=0, per_minute=15, start_ms=start, bursts=scenario.bursts)
     mentions = mentions_for(spec)
     stream, end = with_sentinels(mentions)
     reference = reference_outputs(stream)
     alerts = [o for o in reference if isinstance(o, Alert)]
-    assert [(a.status, a.brand, a.kind) for a in alerts] == [
-        ("firing", "Acme", "crisis"),
-        ("resolved", "Acme", "crisis"),
-    ]
-    firing, resolved = alerts
+    assert [(a.status, a.kind) for a in alerts] == scenario.alerts and {a.brand for a in alerts} == {"Acme"}
+    first, last, resolved = alerts[0], alerts[-2], alerts[-1]
     expected = expected_stats(stream, end + 10 * MINUTE)
 
     env, settings = brand_env(kafka.bootstrap)
     env["SOCIALPULSE_BRANDS_WEBHOOK_URL"] = alertmanager.url
     await create_topics(kafka.bootstrap, settings)
-    # First the baseline and the burst up to a minute past the firing window: the crisis fires and Alertmanager
-    # notifies it; the calm windows that resolve it follow once it has (a group notified only resolved is not).
-    cut = next(i for i, m in enumerate(stream) if m.created_at >= firing.window.end + MINUTE)
+    # First the baseline and the bursts up to a minute past the last window that alerted: the incident fires
+    # and Alertmanager notifies it; the calm windows that resolve it follow once it has (a group notified only
+    # as resolved is not notified at all).
+    cut = next(i for i, m in enumerate(stream) if m.created_at >= last.window.end + MINUTE)
     await produce(kafka.bootstrap, settings.mentions_topic, stream[:cut])
     log = tmp_path / "worker.log"
     worker_started = now_ms()
@@ -174,14 +211,30 @@ async def test_a_crisis_fires_and_resolves_in_a_real_alertmanager(
         worker_tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         return f"worker:\n{worker_tail}\nalertmanager:\n{alertmanager.tail()}"
 
+    async def listed_with(want: dict[str, str]) -> list[dict[str, Any]]:
+        return [a for a in await alertmanager.alerts() if a["labels"] == want]
+
+    open_labels = labels(last, last.kind)
     try:
-        (active,) = await eventually("the crisis not active in Alertmanager", alertmanager.alerts, 120, tails)
+        await eventually(f"{open_labels} not active in Alertmanager", lambda: listed_with(open_labels), 120, tails)
         posted_at = now_ms()
-        await eventually("no firing notification", lambda: alertmanager.notified(firing.alert_id, "firing"), 30, tails)
+        listed = await alertmanager.alerts()
+        await eventually("no firing notification", lambda: alertmanager.notified(open_labels, "firing"), 30, tails)
+        superseded = []
+        if first.kind != last.kind:
+            superseded = await eventually(
+                "the escalated alert's first kind not resolved",
+                lambda: alertmanager.notified(labels(first, first.kind), "resolved"),
+                30,
+                tails,
+            )
 
         await produce(kafka.bootstrap, settings.mentions_topic, stream[cut:])
         (notified,) = await eventually(
-            "no resolved notification", lambda: alertmanager.notified(resolved.alert_id, "resolved"), 120, tails
+            "no resolved notification",
+            lambda: alertmanager.notified(labels(resolved, resolved.kind), "resolved"),
+            120,
+            tails,
         )
         still_listed = await alertmanager.alerts()
 
@@ -197,25 +250,22 @@ async def test_a_crisis_fires_and_resolves_in_a_real_alertmanager(
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
 
-    labels = {
-        "alertname": "BrandCrisis",
-        "brand": "Acme",
-        "kind": "crisis",
-        "severity": "critical",
-        "alert_id": firing.alert_id,
-    }
-    assert active["labels"] == labels, active
-    assert active["annotations"] == alertmanager_alert(firing, posted_at)["annotations"], active
+    # One alert per incident is active: an escalation ends its first kind's alert (other labels, so another
+    # alert to Alertmanager).
+    assert [a["labels"] for a in listed] == [open_labels], listed
+    active = listed[0]
+    assert active["annotations"] == alertmanager_alert(last, posted_at)["annotations"], active
     assert set(active["annotations"]) == {"summary", "description", "top_terms", "example_posts"}
     assert active["annotations"]["top_terms"] and active["annotations"]["example_posts"], active
     assert active["status"]["state"] == "active" and [r["name"] for r in active["receivers"]] == [RECEIVER], active
-    assert ms(active["startsAt"]) == firing.started_at, active
+    assert ms(active["startsAt"]) == first.started_at, active
     # Firing until the resolve: Alertmanager would end it by itself an hour after the post, whatever the
     # event time.
     assert worker_started + HOUR <= ms(active["endsAt"]) <= posted_at + HOUR, active
+    for ended in superseded:
+        assert ms(ended["endsAt"]) == last.window.end, ended
 
-    assert notified["labels"] == labels, notified
-    assert ms(notified["startsAt"]) == firing.started_at, notified
+    assert ms(notified["startsAt"]) == first.started_at, notified
     assert ms(notified["endsAt"]) == resolved.window.end, notified
     assert still_listed == [], still_listed
 
