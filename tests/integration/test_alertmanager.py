@@ -24,7 +24,7 @@ from aiohttp import web
 
 from stream.brands.model import Alert, AuthorEscalation
 from stream.brands.synthetic import Burst, StreamSpec
-from stream.brands.webhook import alertmanager_alert
+from stream.brands.webhook import alertmanager_alerts
 from stream.emit import now_ms
 from stream.kafka_local import LocalKafka
 from tests.integration.brand_streams import (
@@ -254,7 +254,7 @@ async def test_a_crisis_fires_and_resolves_in_a_real_alertmanager(
     # alert to Alertmanager).
     assert [a["labels"] for a in listed] == [open_labels], listed
     active = listed[0]
-    assert active["annotations"] == alertmanager_alert(last, posted_at)["annotations"], active
+    assert active["annotations"] == alertmanager_alerts(last, posted_at)[0]["annotations"], active
     assert set(active["annotations"]) == {"summary", "description", "top_terms", "example_posts"}
     assert active["annotations"]["top_terms"] and active["annotations"]["example_posts"], active
     assert active["status"]["state"] == "active" and [r["name"] for r in active["receivers"]] == [RECEIVER], active

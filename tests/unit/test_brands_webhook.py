@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from stream.brands.model import Alert, Example, Signal, TermLift, Window
-from stream.brands.webhook import AlertmanagerWebhook, WebhookError, alertmanager_alert
+from stream.brands.webhook import AlertmanagerWebhook, WebhookError, alertmanager_alerts
 from stream.emit import now_ms
 
 T0 = 1_767_225_600_000
@@ -107,10 +108,28 @@ def test_a_firing_alert_is_held_for_the_ttl_from_its_post_or_its_window_end_if_l
     # Counted from the window end, a firing alert more than the TTL old (a worker catching up on a backlog)
     # reached Alertmanager already resolved and was never notified.
     two_hours_later = T0 + 60_000 + 2 * 3_600_000
-    assert alertmanager_alert(alert(), two_hours_later)["endsAt"] == "2026-01-01T03:01:00Z"
+    assert alertmanager_alerts(alert(), two_hours_later)[0]["endsAt"] == "2026-01-01T03:01:00Z"
     # Event time ahead of the wall clock (skewed post clocks): still never before the window it is about.
-    assert alertmanager_alert(alert(), T0 - 3_600_000, firing_ttl_s=60)["endsAt"] == "2026-01-01T00:02:00Z"
-    assert alertmanager_alert(alert("resolved"), two_hours_later)["endsAt"] == "2026-01-01T00:01:00Z"
+    assert alertmanager_alerts(alert(), T0 - 3_600_000, firing_ttl_s=60)[0]["endsAt"] == "2026-01-01T00:02:00Z"
+    assert alertmanager_alerts(alert("resolved"), two_hours_later)[0]["endsAt"] == "2026-01-01T00:01:00Z"
+
+
+def test_an_escalation_also_ends_the_alert_of_the_kind_it_replaces() -> None:
+    # Labels are an alert's identity to Alertmanager: the negativity spike's alert stayed active beside the
+    # crisis it became, and for up to the firing TTL after the incident resolved.
+    escalated = msgspec.structs.replace(alert("escalated"), escalated_from="negativity_spike")
+    crisis, ended = alertmanager_alerts(escalated, T0 + 60_000)
+    assert crisis["labels"]["alertname"] == "BrandCrisis" and crisis["endsAt"] == "2026-01-01T01:01:00Z"
+    assert ended["labels"] == {
+        "alertname": "BrandNegativitySpike",
+        "brand": "Acme",
+        "kind": "negativity_spike",
+        "severity": "warning",
+        "alert_id": f"Acme:crisis:{T0}",
+    }
+    assert ended["startsAt"] == crisis["startsAt"]
+    assert ended["endsAt"] == "2026-01-01T00:01:00Z"  # the escalating window's end
+    assert len(alertmanager_alerts(alert(), T0)) == 1
 
 
 async def test_a_resolved_alert_ends_at_its_window_end(serve: Any) -> None:
