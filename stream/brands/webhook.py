@@ -38,9 +38,10 @@ def alertmanager_alerts(alert: Alert, posted_ms: int, firing_ttl_s: float = 3600
     posted = [_postable(alert, alert.kind, alert.severity, ends, alert.status)]
     if alert.escalated_from is not None:
         # Labels are an alert's identity to Alertmanager: the incident's first kind is another alert, which
-        # would otherwise stay active beside the crisis until its own endsAt.
+        # would otherwise stay active beside the crisis until its own endsAt. Ended first, so no reader of
+        # Alertmanager sees the crisis beside it.
         kind = alert.escalated_from
-        posted.append(_postable(alert, kind, severity_of(kind), alert.window.end, f"escalated to {alert.kind}"))
+        posted.insert(0, _postable(alert, kind, severity_of(kind), alert.window.end, f"escalated to {alert.kind}"))
     return posted
 
 

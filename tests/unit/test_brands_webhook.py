@@ -118,7 +118,7 @@ def test_an_escalation_also_ends_the_alert_of_the_kind_it_replaces() -> None:
     # Labels are an alert's identity to Alertmanager: the negativity spike's alert stayed active beside the
     # crisis it became, and for up to the firing TTL after the incident resolved.
     escalated = msgspec.structs.replace(alert("escalated"), escalated_from="negativity_spike")
-    crisis, ended = alertmanager_alerts(escalated, T0 + 60_000)
+    ended, crisis = alertmanager_alerts(escalated, T0 + 60_000)
     assert crisis["labels"]["alertname"] == "BrandCrisis" and crisis["endsAt"] == "2026-01-01T01:01:00Z"
     assert ended["labels"] == {
         "alertname": "BrandNegativitySpike",
