@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: promtool/prometheus (deploy checks, scrape test),
 # chromium + chromedriver (live page browser test), a font so the screenshot has readable text, kcat
-# (an independent Kafka client: the hostile-input test produces and reads back through it).
+# (an independent Kafka client: the hostile-input test produces and reads back through it),
+# prometheus-alertmanager (the brand monitor's alert webhook test posts to a real one).
 # Idempotent and non-interactive; a fast no-op when everything is installed.
 #
 #   scripts/system-deps.sh           install what is missing (root, or sudo without a password)
 #   scripts/system-deps.sh --check   exit 1 and list what is missing, install nothing
 set -euo pipefail
 
-PACKAGES=(prometheus chromium chromium-driver fonts-dejavu-core kcat)
+PACKAGES=(prometheus prometheus-alertmanager chromium chromium-driver fonts-dejavu-core kcat)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -36,7 +37,7 @@ fi
 echo "system-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 
-# The prometheus package would start a system service on :9090; the tests run their own
+# The prometheus packages would start system services (:9090, :9093); the tests run their own
 # instances, so keep maintainer scripts from starting daemons (exit 101 = action forbidden).
 POLICY=/usr/sbin/policy-rc.d
 added_policy=0
@@ -62,7 +63,7 @@ fi
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${missing[@]}" </dev/null
 
-for tool in promtool prometheus chromium chromedriver; do
+for tool in promtool prometheus prometheus-alertmanager chromium chromedriver; do
     command -v "$tool" >/dev/null || { echo "system-deps: $tool not on PATH after install" >&2; exit 1; }
 done
 echo "system-deps: ok" >&2

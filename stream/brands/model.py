@@ -226,6 +226,11 @@ class TermLift(msgspec.Struct, frozen=True):
 
 
 AlertKind = Literal["volume_spike", "negativity_spike", "crisis"]
+Severity = Literal["warning", "critical"]
+
+
+def severity_of(kind: AlertKind) -> Severity:
+    return "critical" if kind == "crisis" else "warning"
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="alert"):
@@ -233,7 +238,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="al
     status: Literal["firing", "escalated", "resolved"]
     brand: str
     kind: AlertKind
-    severity: Literal["warning", "critical"]
+    severity: Severity
     window: Window
     # The strongest signal, repeated at the top level; every signal is in `signals`.
     metric: str
@@ -245,6 +250,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="al
     started_at: int
     examples: list[Example] = msgspec.field(default_factory=list)
     top_terms: list[TermLift] = msgspec.field(default_factory=list)
+    # On `escalated`: the kind the incident had until this window.
+    escalated_from: AlertKind | None = None
 
 
 class AuthorEscalation(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="author_escalation"):

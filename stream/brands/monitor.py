@@ -48,6 +48,7 @@ from stream.brands.model import (
     TermLift,
     Window,
     WindowAgg,
+    severity_of,
 )
 from stream.schema import BrandMention
 
@@ -442,8 +443,9 @@ class BrandMonitor:
             return [self._alert(state, state.incident, "firing", window, hot, agg)]
         strong = [s for s in signals if s.z >= c.resolve_z]
         if hot and _kind(hot) == "crisis" and incident.kind != "crisis":
+            escalated_from = _KINDS[incident.kind]
             incident.kind, incident.quiet_windows = "crisis", 0
-            return [self._alert(state, incident, "escalated", window, hot, agg)]
+            return [self._alert(state, incident, "escalated", window, hot, agg, escalated_from)]
         incident.quiet_windows = 0 if strong else incident.quiet_windows + 1
         if incident.quiet_windows < c.resolve_windows:
             return []
@@ -459,6 +461,7 @@ class BrandMonitor:
         window: Window,
         signals: list[Signal],
         agg: WindowAgg | None,
+        escalated_from: AlertKind | None = None,
     ) -> Alert:
         kind = _KINDS[incident.kind]
         primary = max(signals, key=lambda s: s.z) if signals else Signal("volume", 0.0, 0.0, 0.0, 0.0)
@@ -472,7 +475,7 @@ class BrandMonitor:
             status=status,
             brand=state.brand,
             kind=kind,
-            severity="critical" if kind == "crisis" else "warning",
+            severity=severity_of(kind),
             window=window,
             metric=primary.metric,
             observed=primary.observed,
@@ -483,6 +486,7 @@ class BrandMonitor:
             started_at=incident.started,
             examples=examples,
             top_terms=self._top_terms(state, agg) if agg is not None else [],
+            escalated_from=escalated_from,
         )
 
     def _top_terms(self, state: BrandState, agg: WindowAgg) -> list[TermLift]:

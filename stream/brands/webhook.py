@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from stream.brands.model import Alert
+from stream.brands.model import Alert, AlertKind, Severity, severity_of
+from stream.emit import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +26,45 @@ def _rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def alertmanager_alert(alert: Alert, firing_ttl_s: float = 3600.0) -> dict[str, Any]:
-    """One alert in the Alertmanager v2 API shape (postableAlert)."""
-    # Alertmanager resolves an alert whose endsAt has passed: a firing alert is held for firing_ttl_s unless
-    # its resolved event (endsAt = the resolving window's end) arrives first.
-    ends = alert.window.end if alert.status == "resolved" else alert.window.end + int(firing_ttl_s * 1000)
-    terms = ", ".join(t.term for t in alert.top_terms)
+def alertmanager_alerts(alert: Alert, posted_ms: int, firing_ttl_s: float = 3600.0) -> list[dict[str, Any]]:
+    """The alert in the Alertmanager v2 API shape (postableAlert), posted at wall time `posted_ms`; for an
+    escalation, the end of the alert it replaces as well."""
+    # Alertmanager ends an alert whose endsAt has passed by its own clock: a firing alert is held for
+    # firing_ttl_s from when it is posted unless its resolved event (endsAt = the resolving window's end)
+    # arrives first. Counted from the window's end instead, an alert from a worker catching up on a backlog
+    # more than firing_ttl_s old arrived already resolved and was never notified.
+    ttl_ms = int(firing_ttl_s * 1000)
+    ends = alert.window.end if alert.status == "resolved" else max(alert.window.end, posted_ms) + ttl_ms
+    posted = [_postable(alert, alert.kind, alert.severity, ends, alert.status)]
+    if alert.escalated_from is not None:
+        # Labels are an alert's identity to Alertmanager: the incident's first kind is another alert, which
+        # would otherwise stay active beside the crisis until its own endsAt. Ended first, so no reader of
+        # Alertmanager sees the crisis beside it.
+        kind = alert.escalated_from
+        posted.insert(0, _postable(alert, kind, severity_of(kind), alert.window.end, f"escalated to {alert.kind}"))
+    return posted
+
+
+def _postable(alert: Alert, kind: AlertKind, severity: Severity, ends_ms: int, status: str) -> dict[str, Any]:
     return {
         "labels": {
-            "alertname": ALERT_NAMES[alert.kind],
+            "alertname": ALERT_NAMES[kind],
             "brand": alert.brand,
-            "kind": alert.kind,
-            "severity": alert.severity,
+            "kind": kind,
+            "severity": severity,
             "alert_id": alert.alert_id,
         },
         "annotations": {
-            "summary": f"{alert.brand}: {alert.kind.replace('_', ' ')} ({alert.status})",
+            "summary": f"{alert.brand}: {kind.replace('_', ' ')} ({status})",
             "description": (
                 f"{alert.metric} {alert.observed:g} vs baseline {alert.baseline_mean:g} "
                 f"(sd {alert.baseline_std:g}, z {alert.z:g}) in the window from {_rfc3339(alert.window.start)}"
             ),
-            "top_terms": terms,
+            "top_terms": ", ".join(t.term for t in alert.top_terms),
             "example_posts": ", ".join(e.post_id for e in alert.examples),
         },
         "startsAt": _rfc3339(alert.started_at),
-        "endsAt": _rfc3339(ends),
+        "endsAt": _rfc3339(ends_ms),
     }
 
 
@@ -85,7 +100,8 @@ class AlertmanagerWebhook:
         """POST the alerts; returns the attempts it took. Retries connection errors, 5xx and 429."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        body = [alertmanager_alert(alert, self.firing_ttl_s) for alert in alerts]
+        posted = now_ms()
+        body = [postable for alert in alerts for postable in alertmanager_alerts(alert, posted, self.firing_ttl_s)]
         delay = self.backoff_s
         for attempt in range(1, self.retries + 2):
             try:

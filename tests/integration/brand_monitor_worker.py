@@ -1,4 +1,5 @@
 """A Faust worker running only the brand monitor agent (no model): `python brand_monitor_worker.py worker`.
+It posts alerts to SOCIALPULSE_BRANDS_WEBHOOK_URL when that is set, as the real worker does.
 
 BRAND_TEST_FAIL_AFTER_OBSERVING=<post id> stands in for a bug in the monitor: observing that post raises
 after the monitor has changed its state.
@@ -20,7 +21,9 @@ from stream.worker import changelog_topics, create_app, ensure_topics
 
 settings = Settings()
 app = create_app(settings)
-agents = register_brand_agents(app, settings, MonitorConfig(), tick_s=1.0, idle_s=60.0)
+agents = register_brand_agents(
+    app, settings, MonitorConfig(), webhook_url=settings.brands_webhook_url, tick_s=1.0, idle_s=60.0
+)
 
 if poison := os.environ.get("BRAND_TEST_FAIL_AFTER_OBSERVING"):
     observe = agents.monitor.observe

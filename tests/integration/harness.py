@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import Iterator, Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -27,6 +32,7 @@ __all__ = [
     "fresh_broker",
     "produce",
     "read_outputs",
+    "served",
     "wait_for_commits",
 ]
 
@@ -72,3 +78,34 @@ async def wait_for_commits(
     finally:
         await admin.close()
         await consumer.stop()
+
+
+@contextmanager
+def served(
+    binary: str, package: str, args: Sequence[str], ready_url: str, log: Path, timeout_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server from a Debian package (Prometheus, Alertmanager) run with `args` and logging to `log`, handed out
+    once `ready_url` answers; terminated, then killed if it lingers, on the way out."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} not found: run scripts/system-deps.sh (Debian package {package})")
+    with log.open("wb") as out:
+        process = subprocess.Popen([path, *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{binary} did not become ready:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

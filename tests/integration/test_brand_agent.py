@@ -7,167 +7,29 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.brands.backtest import Classification
-from stream.brands.model import BrandStats, Output
-from stream.brands.monitor import BrandMonitor, MonitorConfig
-from stream.brands.query import BrandCatalog, post_brands
-from stream.brands.synthetic import Burst, StreamSpec, demo_brands_yaml, load_rated_tweets, synthetic_posts
-from stream.emit import build_mention
+from stream.brands.synthetic import Burst, StreamSpec
 from stream.kafka_local import LocalKafka
 from stream.sample_posts import labelled_stream, load_tweet_texts
 from stream.schema import BrandMention
-from stream.settings import Settings
-from stream.validate import SourceRef, ValidPost
-from stream.worker import build_validator
-from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, free_port, read_outputs, wait_for_commits
+from tests.integration.brand_streams import (
+    MINUTE,
+    brand_env,
+    create_topics,
+    expected_stats,
+    mentions_for,
+    produce,
+    produce_raw,
+    read_records,
+    read_stats,
+    start_worker,
+    with_sentinels,
+)
+from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, read_outputs, wait_for_commits
 from tests.integration.harness import produce as produce_posts
-
-MINUTE = 60_000
-OutputUnion = msgspec.json.Decoder(Output)
-
-
-def mentions_for(spec: StreamSpec) -> list[BrandMention]:
-    validator = build_validator(Settings())
-    catalog = BrandCatalog.from_yaml_text(demo_brands_yaml())
-    mentions = []
-    for n, post in enumerate(synthetic_posts(spec, load_rated_tweets())):
-        valid = validator.validate(msgspec.json.encode(post), SourceRef("t", 0, n))
-        assert isinstance(valid, ValidPost)
-        labels = Classification(post["sentiment"], post["sentiment_scores"], post["behaviours"])  # type: ignore[arg-type]
-        mentions += [build_mention(valid, brand, labels) for brand in post_brands(valid, catalog)]
-    return mentions
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("brand_monitor_worker.py")), "worker"],
-        cwd=REPO_ROOT,
-        # The app's web port, not faust's --web-port flag, decides where it listens.
-        env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT), "SOCIALPULSE_WEB_PORT": str(free_port())},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-async def produce(bootstrap: str, topic: str, mentions: list[BrandMention]) -> None:
-    encoder = msgspec.json.Encoder()
-    await produce_raw(bootstrap, topic, [(m.brand.encode(), encoder.encode(m)) for m in mentions])
-
-
-async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, key=key, value=value) for key, value in records]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
-
-
-async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, dict[str, str]] | None = None) -> None:
-    """The topics the brand monitor reads and writes, `configs` per topic name."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = (settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic, settings.dlq_topic)
-        await admin.create_topics(
-            [
-                NewTopic(
-                    name,
-                    num_partitions=settings.topic_partitions,
-                    replication_factor=1,
-                    topic_configs=(configs or {}).get(name, {}),
-                )
-                for name in names
-            ]
-        )
-    finally:
-        await admin.close()
-
-
-def expected_stats(mentions: list[BrandMention], until: int) -> dict[tuple[str, str, int], BrandStats]:
-    """What an uninterrupted monitor emits for `mentions`: the stats of windows ending at or before `until`."""
-    reference = BrandMonitor(MonitorConfig())
-    outputs: list[Output] = []
-    for m in mentions:
-        outputs += reference.advance(m.created_at) + reference.observe(m)
-    return {
-        (o.brand, o.window.kind, o.window.start): o
-        for o in outputs
-        if isinstance(o, BrandStats) and o.window.end <= until
-    }
-
-
-def with_sentinels(mentions: list[BrandMention]) -> tuple[list[BrandMention], int]:
-    """The mentions and one per brand far after them, which closes every window up to the returned end
-    plus 10 minutes in every partition."""
-    last = max(m.created_at for m in mentions)
-    end = last - last % MINUTE + MINUTE
-    sentinels = [
-        msgspec.structs.replace(m, post_id=f"sentinel-{m.brand}", created_at=end + 20 * MINUTE)
-        for m in {m.brand: m for m in mentions}.values()
-    ]
-    return [*mentions, *sentinels], end
-
-
-def brand_env(bootstrap: str) -> tuple[dict[str, str], Settings]:
-    env = {
-        **Topics().env(),
-        "SOCIALPULSE_KAFKA_BOOTSTRAP": bootstrap,
-        "SOCIALPULSE_BROKER_COMMIT_INTERVAL_S": "0.5",
-        "SOCIALPULSE_BROKER_SESSION_TIMEOUT_S": "6",
-    }
-    settings = Settings(**{k.removeprefix("SOCIALPULSE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
-    return env, settings
-
-
-async def read_stats(
-    bootstrap: str,
-    topic: str,
-    until: int,
-    timeout: float,
-    expect: set[tuple[str, str, int]] | None = None,
-) -> dict[tuple[str, str, int], BrandStats]:
-    """Every window stat that ends at or before `until`, deduplicated by (brand, kind, start), read until it
-    holds every key of `expect` (without: a window that ends at `until`), then for 2 s more."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    found: dict[tuple[str, str, int], BrandStats] = {}
-
-    async def poll() -> None:
-        for records in (await consumer.getmany(timeout_ms=500)).values():
-            for record in records:
-                output = OutputUnion.decode(record.value or b"")
-                if isinstance(output, BrandStats) and output.window.end <= until:
-                    key = (output.brand, output.window.kind, output.window.start)
-                    assert key not in found or found[key] == output, (found[key], output)
-                    found[key] = output
-
-    def complete() -> bool:
-        if expect is not None:
-            return expect <= found.keys()
-        return bool(found) and max(s.window.end for s in found.values()) >= until
-
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not complete():
-            await poll()
-        settle = time.monotonic() + 2
-        while time.monotonic() < settle:
-            await poll()
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
@@ -206,21 +68,6 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
     assert found == expected, tail
 
 
-async def read_dead_letters(bootstrap: str, topic: str, expect: int, timeout: float) -> list[dict[str, bytes]]:
-    """The headers of the topic's records (plus the value under "value"), once `expect` are in or at the timeout."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    letters: list[dict[str, bytes]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(letters) < expect and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                letters += [{**dict(r.headers), "value": r.value or b""} for r in records]
-    finally:
-        await consumer.stop()
-    return letters
-
-
 async def test_a_mention_the_monitor_fails_on_is_dead_lettered_and_its_changes_undone(
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
@@ -244,7 +91,10 @@ async def test_a_mention_the_monitor_fails_on_is_dead_lettered_and_its_changes_u
         found = await read_stats(
             kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180, expect=set(expected)
         )
-        letters = await read_dead_letters(kafka.bootstrap, settings.dlq_topic, expect=2, timeout=30)
+        letters = [
+            {**dict(r.headers), "value": r.value or b""}
+            for r in await read_records(kafka.bootstrap, settings.dlq_topic, expect=2, timeout=30)
+        ]
         ends, committed = await wait_for_commits(
             kafka.bootstrap, env["SOCIALPULSE_APP_ID"], settings.mentions_topic, 30
         )

@@ -5,8 +5,6 @@ histogram_quantile must agree with the live page's interpolation of the worker's
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -24,18 +22,12 @@ from stream.metrics import STAGES
 from stream.promql import dashboard_expressions, rule_expressions, unknown_names
 from stream.settings import Settings
 from stream.web import E2E_HISTOGRAMS, histogram_quantile
+from tests.integration.harness import free_port, served
 from tests.integration.worker_fixtures import RunningWorker
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "deploy/prometheus/rules"
 DASHBOARD = REPO / "deploy/grafana/dashboards/socialpulse.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +73,6 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus(exporter: RunningWorker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: run scripts/system-deps.sh (Debian package prometheus)")
     tmp_path = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
@@ -91,38 +80,15 @@ def prometheus(exporter: RunningWorker, tmp_path_factory: pytest.TempPathFactory
         "scrape_configs": [{"job_name": "socialpulse", "static_configs": [{"targets": [exporter.metrics_target]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Prometheus(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"prometheus did not become ready:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    args = [
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+    ]
+    with served("prometheus", "prometheus", args, f"{url}/-/ready", log) as process:
+        yield Prometheus(url, process, log)
 
 
 def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:

@@ -64,6 +64,19 @@ def test_a_negative_burst_raises_one_crisis_and_one_resolution(seed: int, start_
     assert alert.window.end <= end.window.start < burst_start + 8 * MINUTE
 
 
+def test_an_escalation_names_the_kind_it_replaces() -> None:
+    # A mild negative burst opens a negativity spike; a strong one makes it a crisis. Alertmanager knows the
+    # two kinds as two alerts, so the webhook must learn which one the escalation ends.
+    mild, strong = Burst("Acme", 17.0, minutes=3, per_minute=8), Burst("Acme", 20.0, minutes=2, per_minute=60)
+    result = backtest(StreamSpec(minutes=26, seed=0, per_minute=15, bursts=[mild, strong]))
+    assert [(a.status, a.kind, a.severity, a.escalated_from) for a in result.alerts] == [
+        ("firing", "negativity_spike", "warning", None),
+        ("escalated", "crisis", "critical", "negativity_spike"),
+        ("resolved", "crisis", "critical", None),
+    ]
+    assert len({a.alert_id for a in result.alerts}) == 1
+
+
 def test_the_backtest_command_reports_json(tmp_path: Path) -> None:
     import typer
 

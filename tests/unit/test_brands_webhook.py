@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from stream.brands.model import Alert, Example, Signal, TermLift, Window
-from stream.brands.webhook import AlertmanagerWebhook, WebhookError
+from stream.brands.webhook import AlertmanagerWebhook, WebhookError, alertmanager_alerts
+from stream.emit import now_ms
 
 T0 = 1_767_225_600_000
 
@@ -76,10 +79,12 @@ async def serve() -> AsyncIterator[Any]:
 async def test_posts_the_alertmanager_v2_shape_and_retries_with_backoff(serve: Any) -> None:
     receiver = Receiver(failures=2)
     webhook = AlertmanagerWebhook(await serve(receiver), retries=3, backoff_s=0.1)
+    before = now_ms()
     try:
         assert await webhook.send([alert()]) == 3
     finally:
         await webhook.close()
+    after = now_ms()
     assert len(receiver.bodies) == 3
     gaps = [b - a for a, b in zip(receiver.times, receiver.times[1:], strict=False)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19  # exponential backoff
@@ -92,9 +97,39 @@ async def test_posts_the_alertmanager_v2_shape_and_retries_with_backoff(serve: A
         "alert_id": f"Acme:crisis:{T0}",
     }
     assert posted["startsAt"] == "2026-01-01T00:00:00Z"
-    assert posted["endsAt"] == "2026-01-01T01:01:00Z"  # window end + the firing TTL
+    # The window is long past: the firing TTL runs from the post, by the wall clock Alertmanager keeps.
+    ends = datetime.fromisoformat(posted["endsAt"]).timestamp() * 1000
+    assert before + 3_600_000 - 1 <= ends <= after + 3_600_000
     assert posted["annotations"]["top_terms"] == "refund"
     assert posted["annotations"]["example_posts"] == "p1"
+
+
+def test_a_firing_alert_is_held_for_the_ttl_from_its_post_or_its_window_end_if_later() -> None:
+    # Counted from the window end, a firing alert more than the TTL old (a worker catching up on a backlog)
+    # reached Alertmanager already resolved and was never notified.
+    two_hours_later = T0 + 60_000 + 2 * 3_600_000
+    assert alertmanager_alerts(alert(), two_hours_later)[0]["endsAt"] == "2026-01-01T03:01:00Z"
+    # Event time ahead of the wall clock (skewed post clocks): still never before the window it is about.
+    assert alertmanager_alerts(alert(), T0 - 3_600_000, firing_ttl_s=60)[0]["endsAt"] == "2026-01-01T00:02:00Z"
+    assert alertmanager_alerts(alert("resolved"), two_hours_later)[0]["endsAt"] == "2026-01-01T00:01:00Z"
+
+
+def test_an_escalation_also_ends_the_alert_of_the_kind_it_replaces() -> None:
+    # Labels are an alert's identity to Alertmanager: the negativity spike's alert stayed active beside the
+    # crisis it became, and for up to the firing TTL after the incident resolved.
+    escalated = msgspec.structs.replace(alert("escalated"), escalated_from="negativity_spike")
+    ended, crisis = alertmanager_alerts(escalated, T0 + 60_000)
+    assert crisis["labels"]["alertname"] == "BrandCrisis" and crisis["endsAt"] == "2026-01-01T01:01:00Z"
+    assert ended["labels"] == {
+        "alertname": "BrandNegativitySpike",
+        "brand": "Acme",
+        "kind": "negativity_spike",
+        "severity": "warning",
+        "alert_id": f"Acme:crisis:{T0}",
+    }
+    assert ended["startsAt"] == crisis["startsAt"]
+    assert ended["endsAt"] == "2026-01-01T00:01:00Z"  # the escalating window's end
+    assert len(alertmanager_alerts(alert(), T0)) == 1
 
 
 async def test_a_resolved_alert_ends_at_its_window_end(serve: Any) -> None:
