@@ -71,11 +71,13 @@ async def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, byt
 
 
 async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, dict[str, str]] | None = None) -> None:
-    """The topics the brand monitor reads and writes, `configs` per topic name."""
+    """The topics the brand monitor reads and writes, `configs` per topic name (any other topic it names is
+    created too)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = (settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic, settings.dlq_topic)
+        own = [settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic, settings.dlq_topic]
+        names = dict.fromkeys([*own, *(configs or {})])
         await admin.create_topics(
             [
                 NewTopic(

@@ -1,5 +1,6 @@
-"""The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted ends with the same
-window aggregates as the same mentions run uninterrupted through BrandMonitor (what the backtest runs); and
+"""The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted (from its changelogs as
+written, or after the broker compacted them) ends with the same window aggregates as the same mentions run
+uninterrupted through BrandMonitor (what the backtest runs); and
 inside the full worker, beside ingest, it commits the mentions it has handled."""
 
 from __future__ import annotations
@@ -7,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.brands.synthetic import Burst, StreamSpec
 from stream.kafka_local import LocalKafka
 from stream.sample_posts import labelled_stream, load_tweet_texts
 from stream.schema import BrandMention
+from stream.worker import topic_partitions
 from tests.integration.brand_streams import (
     MINUTE,
     brand_env,
@@ -31,28 +37,94 @@ from tests.integration.brand_streams import (
 from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, read_outputs, wait_for_commits
 from tests.integration.harness import produce as produce_posts
 
+# Changelogs the broker compacts within seconds: a segment per flush, any dirt makes a segment cleanable.
+EAGER_COMPACTION = {
+    "cleanup.policy": "compact",
+    "segment.ms": "100",
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+}
+BRAND_TABLES = ("brand-monitor-state", "brand-monitor-authors", "brand-monitor-partitions")
 
+
+async def records_and_offsets(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(records the topic holds, offsets it spans): fewer records than offsets once compaction removed some."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        partitions = await topic_partitions(admin, topic)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        starts, ends = await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
+        held = 0
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            held += sum(len(batch) for batch in (await consumer.getmany(timeout_ms=500)).values())
+        return held, sum(ends.values()) - sum(starts.values())
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_compaction(bootstrap: str, topic: str, timeout: float) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        held, spanned = await records_and_offsets(bootstrap, topic)
+        if held < spanned or time.monotonic() > deadline:
+            return held, spanned
+        await asyncio.sleep(2)
+
+
+async def wait_for_line(log: Path, marker: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {marker!r} in {log}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["changelog-as-written", "changelog-compacted"])
 async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
-    kafka: LocalKafka, tmp_path: Path
+    kafka: LocalKafka, tmp_path: Path, compacted: bool
 ) -> None:
+    """With `compacted`, the broker compacts the changelogs before the restart: what the second worker restores
+    is the latest value of every key, with the superseded ones (and their offsets) gone, as after retention."""
     spec = StreamSpec(minutes=12, seed=3, per_minute=15, bursts=[Burst("Acme", 8.0, minutes=2)])
     mentions = mentions_for(spec)
     stream, end = with_sentinels(mentions)
     expected = expected_stats(stream, end + 10 * MINUTE)
     env, settings = brand_env(kafka.bootstrap)
-    await create_topics(kafka.bootstrap, settings)
+    changelogs = [f"{settings.app_id}-{table}-changelog" for table in BRAND_TABLES]
+    await create_topics(kafka.bootstrap, settings, dict.fromkeys(changelogs, EAGER_COMPACTION) if compacted else {})
 
     # Cut in the middle of a window: the worker holds a half-filled window when it dies.
     cut = next(i for i, m in enumerate(mentions) if m.created_at >= spec.start_ms + 6 * MINUTE + 30_000)
-    await produce(kafka.bootstrap, settings.mentions_topic, mentions[:cut])
     log = tmp_path / "worker.log"
+    if not compacted:
+        await produce(kafka.bootstrap, settings.mentions_topic, mentions[:cut])
     first = start_worker(env, log)
     try:
+        if compacted:
+            # In installments, so the states are flushed several times over segments of their own: the
+            # cleaner only drops a value that a later one outside the active segment supersedes.
+            await wait_for_line(log, "[^Worker]: Ready", timeout=120)
+            for start in range(0, cut, cut // 6 + 1):
+                await produce(
+                    kafka.bootstrap, settings.mentions_topic, mentions[start : min(cut, start + cut // 6 + 1)]
+                )
+                await asyncio.sleep(1.5)
         await read_stats(kafka.bootstrap, settings.brand_stats_topic, spec.start_ms + 5 * MINUTE, timeout=120)
         await asyncio.sleep(3)  # let it take in the rest of what was produced
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
+    if compacted:
+        # The cleaner looks every 15 s (log.cleaner.backoff.ms); the brand states are rewritten every flush.
+        held, spanned = await wait_for_compaction(kafka.bootstrap, changelogs[0], timeout=120)
+        assert held < spanned, f"{changelogs[0]} was not compacted: {held} records over {spanned} offsets"
+        print(f"brand-state changelog compacted before the restore: {held} records over {spanned} offsets")
 
     await produce(kafka.bootstrap, settings.mentions_topic, stream[cut:])
     second = start_worker(env, log)
