@@ -7,7 +7,7 @@ sessions on different ports never reset each other's broker.
 
 A test module that needs a broker configured otherwise (extra server properties, a SASL_SSL listener)
 starts its own with `harness.fresh_broker(offset, ...)`, on ports above the session broker's. Offsets taken:
-0-1 the session broker, 2-4 test_sasl_ssl.py.
+0-1 the session broker, 2-4 test_sasl_ssl.py, 5-6 test_pipeline.py's broker without topic auto-creation.
 """
 
 from __future__ import annotations

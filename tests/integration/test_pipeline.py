@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,22 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.kafka_local import LocalKafka
 from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
-from tests.integration.harness import Outputs, Topics, WorkerProcess, produce, read_outputs
+from stream.schema import RejectReason
+from tests.integration.harness import (
+    Outputs,
+    Topics,
+    WorkerProcess,
+    fresh_broker,
+    produce,
+    read_outputs,
+    wait_for_commits,
+)
 
 pytestmark = pytest.mark.integration
+# The strict broker's port above the session broker's (see conftest.py).
+STRICT_BROKER_OFFSET = 5
 
 
 @pytest.fixture(scope="module")
@@ -164,28 +177,58 @@ def test_broker_stopped_longer_than_the_request_timeout_loses_nothing(
     print(f"broker down {outage_s:.0f} s: {len(workers)} worker runs, repeats {repeats}, 0 lost")
 
 
+@pytest.fixture(scope="module")
+def strict_kafka() -> Iterator[LocalKafka]:
+    """A broker that creates no topic on demand, as production clusters are usually set up."""
+    with fresh_broker(STRICT_BROKER_OFFSET, server_properties={"auto.create.topics.enable": "false"}) as broker:
+        yield broker
+
+
+@pytest.mark.parametrize("broker", ["kafka", "strict_kafka"], ids=["auto-creating", "not-auto-creating"])
 def test_the_dlq_topic_deleted_while_the_worker_runs_loses_nothing(
-    kafka: Any, tweet_texts: list[str], tmp_path: Path
+    broker: str, tweet_texts: list[str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # An operator deletes the DLQ topic under a running worker, then invalid records keep coming. Dead
     # letters written before the deletion went with the topic; every later one must be in the new topic.
+    # A broker that auto-creates topics makes a new one on the next send. One that does not leaves the
+    # dead letters undeliverable: the worker must stop with them uncommitted, and its restart (as a
+    # supervisor would) recreates the topic at start and redoes them.
+    kafka = request.getfixturevalue(broker)
     topics = Topics()
     records = labelled_stream(tweet_texts, 3_000, malformed_share=0.1, seed=16)
     before, after = records[:1_500], records[1_500:]
     first = worker_midway(kafka, topics, tmp_path, before, events=300)
     asyncio.run(delete_topic(kafka.bootstrap, topics.dlq))
     asyncio.run(produce(kafka.bootstrap, topics.posts, after))
-    workers = restarted_if_stopped(kafka, topics, tmp_path, first, wait_s=60)
+    workers = restarted_if_stopped(kafka, topics, tmp_path, first, wait_s=120)
+    if broker == "strict_kafka":
+        assert len(workers) == 2, "the worker ran on with its dead letters undeliverable"
     valid = [r for r in records if r.expected is None]
     bad_after = [r for r in after if r.expected is not None]
+    # The duplicate-id memory is the process's own: a restarted worker delivers a repeat of a post whose first
+    # copy an earlier run committed, as an identical event (same event_id), rather than dead-lettering it.
+    repeats = [r for r in bad_after if r.expected is RejectReason.DUPLICATE_ID]
     try:
-        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(valid), len(bad_after), timeout=600))
+        # Committed to the end: every record's outputs or dead letter is in Kafka, so one read finds them all.
+        ends, committed = asyncio.run(wait_for_commits(kafka.bootstrap, topics.fields()["app_id"], topics.posts, 600))
+        assert all(committed.get(p, 0) >= end for p, end in ends.items()), workers[-1].log_tail()
+        outputs = asyncio.run(
+            read_outputs(kafka.bootstrap, topics, len(valid), len(bad_after) - len(repeats), timeout=120)
+        )
     finally:
         codes = [worker.stop() for worker in workers]
     assert codes[-1] == 0, workers[-1].log_tail()
     assert_only_redelivery_duplicates(outputs, valid)
-    assert {r.raw for r in bad_after} <= {raw for _, raw, _ in outputs.dead_letters}
-    print(f"DLQ deleted mid-stream: {len(workers)} worker runs, {len(bad_after)} later dead letters all kept")
+    dead = {raw for _, raw, _ in outputs.dead_letters}
+    assert {r.raw for r in bad_after if r not in repeats} <= dead
+    delivered_again = [r for r in repeats if r.raw not in dead]
+    assert all(outputs.sentiment_posts()[r.post_id] > 1 for r in delivered_again)
+    if len(workers) == 1:
+        assert not delivered_again
+    print(
+        f"DLQ deleted mid-stream: {len(workers)} worker runs, {len(bad_after)} later bad records, "
+        f"{len(bad_after) - len(delivered_again)} in the new DLQ, {len(delivered_again)} duplicates re-delivered"
+    )
 
 
 async def delete_topic(bootstrap: str, topic: str) -> None:
