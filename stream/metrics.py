@@ -53,6 +53,11 @@ class Metrics:
         self.inflight_tokens = Gauge(
             "socialpulse_inflight_tokens", "Tokens queued or in inference; bounded by max_inflight_tokens.", registry=r
         )
+        self.dead_letters_inflight = Gauge(
+            "socialpulse_dead_letters_inflight",
+            "Dead letters sent and not yet acknowledged; bounded by max_inflight_dead_letters.",
+            registry=r,
+        )
         self.backend_busy = Gauge(
             "socialpulse_backend_busy_ratio",
             "Share of wall time the inference backend was running, over the last few seconds.",

@@ -110,6 +110,7 @@ class Pipeline:
             job = Rejection(RejectReason.INTERNAL_ERROR, f"{error!r}"[:1000])
         if isinstance(job, Rejection):
             await self._dead_letter_slots.acquire()
+            self._metrics.dead_letters_inflight.inc()
             self._spawn(self._bounded_dead_letter(raw, job.reason, job.detail, source, ack))
             return
         await self._batcher.put(job)
@@ -318,6 +319,7 @@ class Pipeline:
             await self._dead_letter(raw, reason, detail, source, ack)
         finally:
             self._dead_letter_slots.release()
+            self._metrics.dead_letters_inflight.dec()
 
     async def _dead_letter(
         self, raw: bytes | None, reason: RejectReason, detail: str, source: SourceRef, ack: Ack
