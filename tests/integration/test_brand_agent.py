@@ -209,6 +209,44 @@ async def test_outputs_kafka_refuses_stop_the_worker_before_their_mentions_are_c
     assert with_mentions and all(committed.get(p, 0) < ends[p] for p in with_mentions), (ends, committed, tail)
 
 
+async def test_a_worker_joining_and_one_leaving_while_mentions_flow_give_the_uninterrupted_aggregates(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Rebalance under load: a second worker joins a third of the way in (partitions move to it mid-window),
+    the first leaves (SIGTERM) two thirds in, and the mentions keep coming throughout."""
+    spec = StreamSpec(minutes=12, seed=8, per_minute=15, bursts=[Burst("Acme", 6.0, minutes=2)])
+    stream, end = with_sentinels(mentions_for(spec))
+    expected = expected_stats(stream, end + 10 * MINUTE)
+    env, settings = brand_env(kafka.bootstrap)
+    await create_topics(kafka.bootstrap, settings)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    workers = [start_worker(env, logs[0])]
+    installments = 9
+    size = len(stream) // installments + 1
+    try:
+        await wait_for_line(logs[0], "[^Worker]: Ready", timeout=120)
+        for n in range(installments):
+            if n == installments // 3:
+                workers.append(start_worker(env, logs[1]))
+            if n == 2 * installments // 3:
+                os.killpg(workers[0].pid, signal.SIGTERM)
+            await produce(kafka.bootstrap, settings.mentions_topic, stream[n * size : (n + 1) * size])
+            await asyncio.sleep(1.5)
+        assert workers[0].wait(timeout=60) == 0, logs[0].read_text(errors="replace")[-3000:]
+        found = await read_stats(
+            kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180, expect=set(expected)
+        )
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+    tail = "\n".join(logs[1].read_text(errors="replace").splitlines()[-40:])
+    assert set(found) == set(expected), tail
+    assert found == expected, tail
+    print(f"rebalance under load: {len(stream)} mentions, {len(found)} window stats equal an uninterrupted run")
+
+
 async def test_a_worker_that_loses_its_partitions_commits_the_work_it_finished(
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
