@@ -73,7 +73,7 @@ def replay(
     retime: Annotated[bool, typer.Option(help="Set created_at to the send time.")] = True,
 ) -> None:
     """Produce posts from a JSON-lines file at a steady rate, with progress."""
-    from stream.replay import replay as replay_posts
+    from stream.tools.replay import replay as replay_posts
 
     settings = Settings()
     with _refused_login_exits():
@@ -100,7 +100,7 @@ def demo(
     keep_kafka: Annotated[bool, typer.Option(help="Leave the local broker running afterwards.")] = False,
 ) -> None:
     """Start local Kafka, replay the 4,200 rated tweets, run the worker, show live results and latency."""
-    from stream.demo import run_demo
+    from stream.tools.demo import run_demo
 
     summary = run_demo(rate, malformed, keep_kafka)
     created = summary.get("latency_seconds", {}).get("created", {}).get("since_start", {})
@@ -131,7 +131,7 @@ def bench(
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Pipeline vs bare ONNX Runtime vs a naive transformers-per-message Faust agent, in one run."""
-    from stream.bench import main as run_bench
+    from stream.tools.bench import main as run_bench
 
     run_bench(posts, latency_posts, latency_load, naive_posts, variant, ceiling_posts, profile, processes, as_json=json)
 

@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.kafka_local import LocalKafka
+from stream.tools.kafka_local import LocalKafka
 from tests.integration.harness import fresh_broker
 from tests.integration.worker_fixtures import running_worker  # noqa: F401  pytest_plugins only works in a root conftest
 

@@ -1,4 +1,4 @@
-"""The worker-process harness lives in `stream.harness` (the benchmark drives workers the same way); what only
+"""The worker-process harness lives in `stream.tools.harness` (the benchmark drives workers the same way); what only
 the tests need is here."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream.harness import REPO_ROOT, Outputs, Topics, WorkerProcess, free_port, produce, read_outputs
-from stream.kafka_local import LocalKafka
+from stream.tools.harness import REPO_ROOT, Outputs, Topics, WorkerProcess, free_port, produce, read_outputs
+from stream.tools.kafka_local import LocalKafka
 from stream.worker import topic_partitions
 
 __all__ = [

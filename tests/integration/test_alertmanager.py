@@ -27,7 +27,7 @@ from stream.brands.model import Alert, AuthorEscalation
 from stream.brands.synthetic import Burst, StreamSpec
 from stream.brands.webhook import alertmanager_alerts
 from stream.emit import now_ms
-from stream.kafka_local import LocalKafka
+from stream.tools.kafka_local import LocalKafka
 from tests.integration.brand_streams import (
     MINUTE,
     OutputUnion,

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream.bench import delete_run_topics
-from stream.harness import Topics
-from stream.kafka_local import LocalKafka
 from stream.settings import Settings
+from stream.tools.bench import delete_run_topics
+from stream.tools.harness import Topics
+from stream.tools.kafka_local import LocalKafka
 from stream.worker import ensure_topics
 
 

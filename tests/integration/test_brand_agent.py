@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.brands.synthetic import Burst, StreamSpec
-from stream.kafka_local import LocalKafka
-from stream.sample_posts import labelled_stream, load_tweet_texts
 from stream.schema import BrandMention
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.sample_posts import labelled_stream, load_tweet_texts
 from stream.worker import topic_partitions
 from tests.integration.brand_streams import (
     MINUTE,

@@ -20,9 +20,9 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.kafka_local import LocalKafka
-from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from stream.schema import RejectReason
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from tests.integration.harness import Topics, WorkerProcess, produce, read_outputs
 from tests.integration.worker_fixtures import scrape
 

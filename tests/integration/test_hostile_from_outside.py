@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stream.sample_posts import load_tweet_texts, make_post
+from stream.tools.sample_posts import load_tweet_texts, make_post
 from tests.integration.harness import Topics, WorkerProcess, wait_for_commits
 
 VALID = 300

@@ -21,10 +21,10 @@ from onnx import TensorProto, helper, numpy_helper
 from models.behaviour import BEHAVIOUR_LABELS
 from models.data import SENTIMENT_LABELS
 from models.manifest import Head, Manifest, Source, Variant, sha256_of, write_manifest
-from stream.sample_posts import LabelledRecord, load_tweet_texts, make_post
 from stream.schema import RejectReason
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
+from stream.tools.sample_posts import LabelledRecord, load_tweet_texts, make_post
 from tests.integration.harness import Topics, WorkerProcess, produce, read_outputs
 
 TABLE_ROWS = 20_000

@@ -15,9 +15,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.kafka_local import LocalKafka
-from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from stream.schema import RejectReason
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from tests.integration.harness import (
     Outputs,
     Topics,

@@ -19,8 +19,8 @@ import yaml
 
 from models.manifest import load_manifest
 from stream.metrics import STAGES
-from stream.promql import dashboard_expressions, rule_expressions, unknown_names
 from stream.settings import Settings
+from stream.tools.promql import dashboard_expressions, rule_expressions, unknown_names
 from stream.web import E2E_HISTOGRAMS, histogram_quantile
 from tests.integration.harness import free_port, served
 from tests.integration.worker_fixtures import RunningWorker

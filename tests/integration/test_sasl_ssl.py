@@ -23,11 +23,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from stream.harness import WORKER_COMMAND
 from stream.kafka_auth import KafkaAuthenticationError
-from stream.kafka_local import LocalKafka, SaslSslListener
-from stream.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 from stream.settings import Settings
+from stream.tools.harness import WORKER_COMMAND
+from stream.tools.kafka_local import LocalKafka, SaslSslListener
+from stream.tools.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 from stream.worker import ensure_topics
 from tests.integration.harness import (
     TEST_KAFKA_PORT,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stream.metrics import Metrics
-from stream.promql import dashboard_expressions, exported_series, rule_expressions, unknown_names
+from stream.tools.promql import dashboard_expressions, exported_series, rule_expressions, unknown_names
 from tests.integration.worker_fixtures import RunningWorker, scrape
 
 REPO = Path(__file__).resolve().parents[2]

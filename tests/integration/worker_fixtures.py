@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.emit import now_ms
-from stream.kafka_local import LocalKafka
-from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from stream.settings import Settings
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from stream.web import RegistrySnapshot
 from tests.integration.harness import Topics, WorkerProcess, produce
 

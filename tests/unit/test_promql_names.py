@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from stream.metrics import Metrics
-from stream.promql import dashboard_expressions, exported_series, metric_names, rule_expressions, unknown_names
+from stream.tools.promql import dashboard_expressions, exported_series, metric_names, rule_expressions, unknown_names
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy/grafana/dashboards/socialpulse.json"

@@ -17,7 +17,7 @@ from types import TracebackType
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 19092
 DEFAULT_STATE_DIR = REPO_ROOT / ".cache/kafka"
 

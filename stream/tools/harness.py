@@ -24,8 +24,8 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from stream.sample_posts import LabelledRecord
 from stream.settings import REPO_ROOT
+from stream.tools.sample_posts import LabelledRecord
 
 # Below Linux's ephemeral range (32768+). A port the kernel hands out for bind(0) is released before the
 # worker binds it, and any outgoing connection (dozens per worker, to Kafka) may take it meanwhile: that

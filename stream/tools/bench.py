@@ -9,7 +9,7 @@
     never enters this one.
 
 On a shared machine absolute numbers drift between runs; the ratios from one run are what to compare.
-The naive worker is this module run as a script (`python -m stream.bench ...`).
+The naive worker is this module run as a script (`python -m stream.tools.bench ...`).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from models.manifest import Manifest, load_manifest
 from stream.backends.cpu import cpu_features
 from stream.batch import slice_by_budget
 from stream.emit import now_ms
-from stream.harness import Topics, WorkerProcess, produce
-from stream.kafka_local import LocalKafka
-from stream.profiling import Profiler, ProfileSummary, summarise
-from stream.replay import replay
-from stream.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts, write_jsonl
 from stream.settings import REPO_ROOT, Settings
 from stream.tokenize import PostTokenizer, pad
+from stream.tools.harness import Topics, WorkerProcess, produce
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.profiling import Profiler, ProfileSummary, summarise
+from stream.tools.replay import replay
+from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts, write_jsonl
 
 # Progress and notes go to stderr, so `--json` leaves stdout holding the one JSON object.
 console = Console(stderr=True)
@@ -489,7 +489,7 @@ async def bench_naive(
     await produce(settings.kafka_bootstrap, topics.posts, records, settings.kafka_client_options)
     command = [
         "-m",
-        "stream.bench",
+        "stream.tools.bench",
         "--bootstrap",
         settings.kafka_bootstrap,
         "--app-id",

@@ -18,10 +18,10 @@ from rich.live import Live
 from rich.table import Table
 
 from models.manifest import MANIFEST_FILE
-from stream.kafka_local import LocalKafka
-from stream.replay import replay
-from stream.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 from stream.settings import REPO_ROOT, Settings
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.replay import replay
+from stream.tools.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 
 console = Console()
 
