@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -26,6 +27,9 @@ QUANTILES = (0.5, 0.95, 0.99)
 # generate_latest writes the classic text format; newer clients label it version=1.0.0, which
 # older Prometheus servers don't negotiate, so announce what prometheus_client's own exporter does.
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The live page: HTML, CSS and JS as files beside this module, read once when the routes are registered.
+STATIC_DIR = Path(__file__).with_name("static")
+STATIC_TYPES = {"live.css": "text/css", "live.js": "text/javascript"}
 E2E_HISTOGRAMS = {
     "created": "socialpulse_e2e_created_latency_seconds",
     "ingest": "socialpulse_e2e_ingest_latency_seconds",
@@ -254,11 +258,18 @@ def register_web(app: faust.App, metrics: Metrics, live: LiveStats, *, summary: 
     aiohttp serves the route registered first.
     """
     builder = summary or Summary(metrics, live)
-    page = LIVE_PAGE_HTML.encode()
+    page = (STATIC_DIR / "live.html").read_bytes()
+    assets = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 
     class LivePage(web.View):
         async def get(self, request: web.Request) -> web.Response:
             return self.bytes(page, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    class StaticAsset(web.View):
+        async def get(self, request: web.Request, name: str) -> web.Response:
+            if name not in assets:
+                raise self.NotFound(f"no static file {name!r}")
+            return self.bytes(assets[name], content_type=STATIC_TYPES[name], headers={"Cache-Control": "no-store"})
 
     class SummaryView(web.View):
         async def get(self, request: web.Request) -> web.Response:
@@ -271,6 +282,7 @@ def register_web(app: faust.App, metrics: Metrics, live: LiveStats, *, summary: 
             return self.bytes(generate_latest(metrics.registry), headers={"Content-Type": EXPOSITION_CONTENT_TYPE})
 
     app.page("/", name="socialpulse_live")(LivePage)
+    app.page("/static/{name}", name="socialpulse_static")(StaticAsset)
     app.page("/api/summary", name="socialpulse_summary")(SummaryView)
     app.page("/metrics", name="socialpulse_metrics")(MetricsView)
     return builder
@@ -307,176 +319,3 @@ def start_metrics_server(settings: Settings, metrics: Metrics) -> MetricsServer 
         thread.join(timeout=5)
 
     return MetricsServer(settings.metrics_host, server.server_port, shutdown)
-
-
-LIVE_PAGE_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>socialpulse live</title>
-<style>
-  :root { --fg:#1d2330; --muted:#6b7384; --bg:#f6f7f9; --card:#fff; --line:#e3e6eb; }
-  * { box-sizing: border-box; }
-  body { margin:0; font:14px/1.4 "DejaVu Sans", system-ui, sans-serif; color:var(--fg); background:var(--bg); }
-  header { display:flex; align-items:baseline; gap:16px; padding:14px 22px; background:#1d2330; color:#fff; }
-  header h1 { margin:0; font-size:18px; }
-  header .meta { color:#aab2c3; font-size:12px; }
-  #status.down { color:#ff8a80; }
-  main { display:grid; grid-template-columns:repeat(auto-fit, minmax(300px, 1fr)); gap:16px; padding:18px 22px; }
-  .card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:14px 16px; }
-  .card h2 { margin:0 0 10px; font-size:13px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted); }
-  .big { font-size:30px; font-weight:600; }
-  .unit { font-size:13px; color:var(--muted); margin-left:4px; }
-  table { width:100%; border-collapse:collapse; }
-  td, th { padding:4px 6px; text-align:right; border-bottom:1px solid var(--line); }
-  td:first-child, th:first-child { text-align:left; }
-  th { color:var(--muted); font-weight:normal; font-size:12px; }
-  canvas { width:100%; height:70px; display:block; margin-top:8px; }
-  .bar { display:flex; height:14px; border-radius:3px; overflow:hidden; background:var(--line); min-width:120px; }
-  .bar span { display:block; height:100%; }
-  .legend span { display:inline-block; margin-right:10px; font-size:12px; }
-  .legend i { display:inline-block; width:10px; height:10px; margin-right:4px; border-radius:2px; }
-  .wide { grid-column:1 / -1; }
-  .muted { color:var(--muted); font-size:12px; }
-</style>
-</head>
-<body>
-<header>
-  <h1>socialpulse</h1>
-  <span class="meta" id="model">model: -</span>
-  <span class="meta" id="status">connecting...</span>
-</header>
-<main>
-  <section class="card">
-    <h2>Throughput</h2>
-    <div><span class="big" id="throughput" data-value="">-</span><span class="unit">posts/s</span></div>
-    <div class="muted">over the last <span id="throughput-window">-</span> s; per second, last 60 s:</div>
-    <canvas id="spark" width="600" height="140"></canvas>
-  </section>
-  <section class="card">
-    <h2>Totals since start</h2>
-    <table>
-      <tr><td>Posts consumed</td><td id="posts-total" data-value="">-</td></tr>
-      <tr><td>Events produced</td><td id="events-total" data-value="">-</td></tr>
-      <tr><td>Dead-lettered</td><td id="dlq-total" data-value="">-</td></tr>
-    </table>
-    <div class="muted" id="dlq-reasons"></div>
-  </section>
-  <section class="card">
-    <h2>End-to-end latency (created &rarr; produced)</h2>
-    <table>
-      <tr><th></th><th>last <span id="latency-window">-</span> s</th><th>since start</th></tr>
-      <tr><td>p50</td><td id="p50" data-value="">-</td><td id="p50-total" data-value="">-</td></tr>
-      <tr><td>p95</td><td id="p95" data-value="">-</td><td id="p95-total" data-value="">-</td></tr>
-      <tr><td>p99</td><td id="p99" data-value="">-</td><td id="p99-total" data-value="">-</td></tr>
-    </table>
-    <div class="muted">ingest &rarr; produced p99: <span id="p99-ingest" data-value="">-</span> (since start)</div>
-  </section>
-  <section class="card wide">
-    <h2>Sentiment mix per brand, last <span id="sentiment-window">-</span> s</h2>
-    <div class="legend" id="legend"></div>
-    <table id="brands"><thead><tr><th>brand</th><th>posts</th><th>mix</th><th>counts</th></tr></thead>
-    <tbody></tbody></table>
-  </section>
-</main>
-<script>
-"use strict";
-const COLORS = {negative:"#d9534f", neutral:"#9aa3b2", positive:"#3a9d5d"};
-const PALETTE = ["#4e79a7","#f28e2b","#76b7b2","#edc948","#b07aa1","#ff9da7","#9c755f"];
-function color(label) {
-  if (COLORS[label]) return COLORS[label];
-  let h = 0; for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-  return PALETTE[h % PALETTE.length];
-}
-function setNum(id, value, text) {
-  const el = document.getElementById(id);
-  el.dataset.value = value === null || value === undefined ? "" : String(value);
-  el.textContent = text;
-}
-function fmtCount(v) { return Math.round(v).toLocaleString("en-US"); }
-function fmtLatency(s) {
-  if (s === null || s === undefined) return "-";
-  if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms";
-  return s.toFixed(2) + " s";
-}
-function drawSpark(series) {
-  const c = document.getElementById("spark"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const max = Math.max(1, ...series), w = c.width / Math.max(1, series.length);
-  g.fillStyle = "#4e79a7";
-  series.forEach((v, i) => { const h = (v / max) * (c.height - 4); g.fillRect(i * w + 1, c.height - h, w - 2, h); });
-}
-function renderBrands(mix) {
-  const tbody = document.querySelector("#brands tbody");
-  const labels = new Set();
-  const rows = Object.entries(mix).map(([brand, counts]) => {
-    const total = Object.values(counts).reduce((a, b) => a + b, 0);
-    Object.keys(counts).forEach(l => labels.add(l));
-    return {brand, counts, total};
-  }).sort((a, b) => b.total - a.total || a.brand.localeCompare(b.brand));
-  tbody.replaceChildren(...rows.map(({brand, counts, total}) => {
-    const tr = document.createElement("tr");
-    tr.dataset.brand = brand;
-    const name = document.createElement("td"); name.textContent = brand;
-    const n = document.createElement("td"); n.textContent = fmtCount(total); n.className = "brand-total";
-    const bar = document.createElement("td"); const div = document.createElement("div"); div.className = "bar";
-    const detail = document.createElement("td"); detail.className = "muted";
-    const parts = [];
-    for (const [label, c] of Object.entries(counts).sort()) {
-      const s = document.createElement("span");
-      s.style.width = (100 * c / total) + "%"; s.style.background = color(label); s.title = label + ": " + c;
-      div.appendChild(s); parts.push(label + " " + c);
-    }
-    bar.appendChild(div); detail.textContent = parts.join(", ");
-    tr.append(name, n, bar, detail);
-    return tr;
-  }));
-  document.getElementById("legend").replaceChildren(...[...labels].sort().map(l => {
-    const s = document.createElement("span"); const i = document.createElement("i");
-    i.style.background = color(l); s.append(i, l); return s;
-  }));
-}
-function render(d) {
-  setNum("throughput", d.throughput_posts_per_s, d.throughput_posts_per_s.toFixed(1));
-  document.getElementById("throughput-window").textContent = d.throughput_window_s;
-  drawSpark(d.throughput_series);
-  setNum("posts-total", d.posts_consumed_total, fmtCount(d.posts_consumed_total));
-  setNum("events-total", d.events_produced_total, fmtCount(d.events_produced_total));
-  setNum("dlq-total", d.dlq_records_total, fmtCount(d.dlq_records_total));
-  document.getElementById("dlq-reasons").textContent = Object.entries(d.dlq_by_reason)
-    .filter(([, v]) => v > 0).map(([r, v]) => r + ": " + fmtCount(v)).join(", ");
-  const lat = d.latency_seconds.created;
-  document.getElementById("latency-window").textContent = Math.round(d.latency_window_s);
-  for (const p of ["p50", "p95", "p99"]) {
-    setNum(p, lat.window[p], fmtLatency(lat.window[p]));
-    setNum(p + "-total", lat.since_start[p], fmtLatency(lat.since_start[p]));
-  }
-  const ingest = d.latency_seconds.ingest.since_start.p99;
-  setNum("p99-ingest", ingest, fmtLatency(ingest));
-  document.getElementById("sentiment-window").textContent = d.sentiment_window_s;
-  renderBrands(d.sentiment_by_brand);
-  const m = d.model;
-  const parts = Object.values(m).filter(Boolean);
-  document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");
-  const st = document.getElementById("status");
-  st.textContent = (d.worker_up >= 1 ? "worker up" : "worker not processing") + " - updated "
-    + new Date(d.time * 1000).toLocaleTimeString("en-GB");
-  st.className = d.worker_up >= 1 ? "meta" : "meta down";
-  document.body.dataset.updated = String(d.time);
-}
-async function poll() {
-  try {
-    const r = await fetch("api/summary", {cache: "no-store"});
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    render(await r.json());
-  } catch (e) {
-    const st = document.getElementById("status"); st.textContent = "no data: " + e.message; st.className = "meta down";
-  }
-  setTimeout(poll, 1000);
-}
-poll();
-</script>
-</body>
-</html>
-"""

@@ -1,0 +1,95 @@
+"use strict";
+const COLORS = {negative:"#d9534f", neutral:"#9aa3b2", positive:"#3a9d5d"};
+const PALETTE = ["#4e79a7","#f28e2b","#76b7b2","#edc948","#b07aa1","#ff9da7","#9c755f"];
+function color(label) {
+  if (COLORS[label]) return COLORS[label];
+  let h = 0; for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+function setNum(id, value, text) {
+  const el = document.getElementById(id);
+  el.dataset.value = value === null || value === undefined ? "" : String(value);
+  el.textContent = text;
+}
+function fmtCount(v) { return Math.round(v).toLocaleString("en-US"); }
+function fmtLatency(s) {
+  if (s === null || s === undefined) return "-";
+  if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms";
+  return s.toFixed(2) + " s";
+}
+function drawSpark(series) {
+  const c = document.getElementById("spark"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const max = Math.max(1, ...series), w = c.width / Math.max(1, series.length);
+  g.fillStyle = "#4e79a7";
+  series.forEach((v, i) => { const h = (v / max) * (c.height - 4); g.fillRect(i * w + 1, c.height - h, w - 2, h); });
+}
+function renderBrands(mix) {
+  const tbody = document.querySelector("#brands tbody");
+  const labels = new Set();
+  const rows = Object.entries(mix).map(([brand, counts]) => {
+    const total = Object.values(counts).reduce((a, b) => a + b, 0);
+    Object.keys(counts).forEach(l => labels.add(l));
+    return {brand, counts, total};
+  }).sort((a, b) => b.total - a.total || a.brand.localeCompare(b.brand));
+  tbody.replaceChildren(...rows.map(({brand, counts, total}) => {
+    const tr = document.createElement("tr");
+    tr.dataset.brand = brand;
+    const name = document.createElement("td"); name.textContent = brand;
+    const n = document.createElement("td"); n.textContent = fmtCount(total); n.className = "brand-total";
+    const bar = document.createElement("td"); const div = document.createElement("div"); div.className = "bar";
+    const detail = document.createElement("td"); detail.className = "muted";
+    const parts = [];
+    for (const [label, c] of Object.entries(counts).sort()) {
+      const s = document.createElement("span");
+      s.style.width = (100 * c / total) + "%"; s.style.background = color(label); s.title = label + ": " + c;
+      div.appendChild(s); parts.push(label + " " + c);
+    }
+    bar.appendChild(div); detail.textContent = parts.join(", ");
+    tr.append(name, n, bar, detail);
+    return tr;
+  }));
+  document.getElementById("legend").replaceChildren(...[...labels].sort().map(l => {
+    const s = document.createElement("span"); const i = document.createElement("i");
+    i.style.background = color(l); s.append(i, l); return s;
+  }));
+}
+function render(d) {
+  setNum("throughput", d.throughput_posts_per_s, d.throughput_posts_per_s.toFixed(1));
+  document.getElementById("throughput-window").textContent = d.throughput_window_s;
+  drawSpark(d.throughput_series);
+  setNum("posts-total", d.posts_consumed_total, fmtCount(d.posts_consumed_total));
+  setNum("events-total", d.events_produced_total, fmtCount(d.events_produced_total));
+  setNum("dlq-total", d.dlq_records_total, fmtCount(d.dlq_records_total));
+  document.getElementById("dlq-reasons").textContent = Object.entries(d.dlq_by_reason)
+    .filter(([, v]) => v > 0).map(([r, v]) => r + ": " + fmtCount(v)).join(", ");
+  const lat = d.latency_seconds.created;
+  document.getElementById("latency-window").textContent = Math.round(d.latency_window_s);
+  for (const p of ["p50", "p95", "p99"]) {
+    setNum(p, lat.window[p], fmtLatency(lat.window[p]));
+    setNum(p + "-total", lat.since_start[p], fmtLatency(lat.since_start[p]));
+  }
+  const ingest = d.latency_seconds.ingest.since_start.p99;
+  setNum("p99-ingest", ingest, fmtLatency(ingest));
+  document.getElementById("sentiment-window").textContent = d.sentiment_window_s;
+  renderBrands(d.sentiment_by_brand);
+  const m = d.model;
+  const parts = Object.values(m).filter(Boolean);
+  document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");
+  const st = document.getElementById("status");
+  st.textContent = (d.worker_up >= 1 ? "worker up" : "worker not processing") + " - updated "
+    + new Date(d.time * 1000).toLocaleTimeString("en-GB");
+  st.className = d.worker_up >= 1 ? "meta" : "meta down";
+  document.body.dataset.updated = String(d.time);
+}
+async function poll() {
+  try {
+    const r = await fetch("api/summary", {cache: "no-store"});
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    render(await r.json());
+  } catch (e) {
+    const st = document.getElementById("status"); st.textContent = "no data: " + e.message; st.className = "meta down";
+  }
+  setTimeout(poll, 1000);
+}
+poll();
