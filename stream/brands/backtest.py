@@ -14,9 +14,10 @@ from typing import Protocol
 
 import msgspec
 
-from stream.brands.model import Alert, AuthorEscalation, BrandStats, FlaggedMention, Output
+from stream.brands.model import Alert, AuthorEscalation, BrandStats, FlaggedMention, Output, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
+from stream.brands.stories import StoryTracker
 from stream.emit import build_mention
 from stream.validate import Rejection, SourceRef, ValidPost
 
@@ -54,6 +55,7 @@ class BacktestResult(msgspec.Struct):
     stats: list[BrandStats]
     escalations: list[AuthorEscalation]
     flagged: list[FlaggedMention]
+    stories: list[StoryUpdate]
 
     def summary(self) -> dict[str, object]:
         return {
@@ -64,6 +66,7 @@ class BacktestResult(msgspec.Struct):
             "mentions": self.mentions,
             "flagged": len(self.flagged),
             "escalations": msgspec.to_builtins(self.escalations),
+            "stories": msgspec.to_builtins(self.stories),
         }
 
 
@@ -74,8 +77,10 @@ def run_backtest(
     classify: Classifier | None = None,
     config: MonitorConfig | None = None,
     batch_size: int = 256,
+    stories: StoryTracker | None = None,
 ) -> BacktestResult:
-    """`records`: raw JSON posts, as they would arrive on the input topic (one per line of the file)."""
+    """`records`: raw JSON posts, as they would arrive on the input topic (one per line of the file). Stories
+    need embeddings, so only posts the classifier labels (those without labels of their own) join them."""
     labels_decoder = msgspec.json.Decoder(_Labels)
     valid: list[tuple[ValidPost, _Labels]] = []
     rejected = 0
@@ -92,7 +97,8 @@ def run_backtest(
     # Event time: the file's order does not matter, like partitions interleaving in the worker.
     valid.sort(key=lambda item: item[0].created_at_ms)
 
-    monitor = BrandMonitor(config)
+    config = config or MonitorConfig()
+    monitor = BrandMonitor(config, stories=stories or StoryTracker(config.window_s))
     outputs: list[Output] = []
     mentions = 0
     due: int | None = None
@@ -130,6 +136,7 @@ def run_backtest(
         stats=stats,
         escalations=[o for o in outputs if isinstance(o, AuthorEscalation)],
         flagged=[o for o in outputs if isinstance(o, FlaggedMention)],
+        stories=[o for o in outputs if isinstance(o, StoryUpdate)],
     )
 
 

@@ -2,7 +2,7 @@
 
 State structs are plain msgspec structs so they round-trip through JSON unchanged: the worker keeps them
 in Faust tables (changelogged, restored on restart), the backtest in dicts. Output structs are the wire
-format of `social.brand_stats` and `social.alerts` (documented in docs/BRANDS.md); each is tagged
+format of `social.brand_stats`, `social.alerts` and `social.stories` (documented in docs/BRANDS.md); each is tagged
 with a `type` field, so a consumer can decode the union `Output`.
 """
 
@@ -225,6 +225,23 @@ class TermLift(msgspec.Struct, frozen=True):
     lift: float
 
 
+class StoryRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A story named by an alert: its size in the alert's window and how much of it is new."""
+
+    story_id: str
+    label: str
+    posts: int  # in the alert's window
+    negative_share: float  # of those posts
+    # Posts (negative posts, for negativity and crisis alerts) above the story's mean of its previous windows.
+    growth: float
+    total_posts: int
+    top_terms: list[str]
+
+    def describe(self) -> str:
+        """One line for people: "story: 'charged twice after the app update', 140 posts, 82 % negative"."""
+        return f"story: '{self.label}', {self.posts} posts, {round(100 * self.negative_share)} % negative"
+
+
 AlertKind = Literal["volume_spike", "negativity_spike", "crisis"]
 Severity = Literal["warning", "critical"]
 
@@ -252,6 +269,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="al
     top_terms: list[TermLift] = msgspec.field(default_factory=list)
     # On `escalated`: the kind the incident had until this window.
     escalated_from: AlertKind | None = None
+    # The stories (stream/brands/stories.py) whose growth explains most of the window; empty on `resolved`.
+    stories: list[StoryRef] = msgspec.field(default_factory=list)
 
 
 class AuthorEscalation(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="author_escalation"):
@@ -274,4 +293,32 @@ class FlaggedMention(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"
     reasons: list[str]
 
 
-Output = BrandStats | Alert | AuthorEscalation | FlaggedMention
+StoryEvent = Literal["born", "growing", "faded"]
+
+
+class StoryUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="story"):
+    """A story's change, published on `social.stories` at the close of the tumbling window it happened in."""
+
+    story_id: str
+    brand: str
+    event: StoryEvent
+    window: Window
+    label: str
+    posts: int  # in `window`
+    # Posts per tumbling window, oldest first, ending with `window` (at most the story's history).
+    sizes: list[int]
+    previous_mean: float  # posts per window over the windows before `window`
+    total_posts: int
+    sentiment: dict[str, int]
+    sentiment_mix: dict[str, float]
+    top_terms: list[str]
+    # The posts closest to the story's centroid, then its posts by the most-followed authors.
+    representatives: list[Example]
+    top_followed: list[Example]
+    first_seen: int
+    last_seen: int
+    # On `faded`: the story it was merged into, when its centroid came to match another story's.
+    merged_into: str | None = None
+
+
+Output = BrandStats | Alert | AuthorEscalation | FlaggedMention | StoryUpdate

@@ -18,6 +18,9 @@ when its z-score is >= z_threshold (>= min_volume posts; negativity also needs a
 one `firing` alert (an `escalated` one if it later becomes a crisis) and one `resolved` alert after
 `resolve_windows` quiet windows; a cooldown follows. Anomalous windows stay out of the baseline (until
 an incident has lasted `adapt_after_windows`, when a lasting shift becomes the new normal).
+
+With a story tracker (`stories`, stream/brands/stories.py) the monitor hands it every mention it counts and
+every tumbling window it closes, and lets it name the driving stories in each alert.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,14 +122,29 @@ def author_key(brand: str, author: str) -> str:
     return f"{brand}{AUTHOR_KEY_SEPARATOR}{author}"
 
 
+class StoryHooks(Protocol):
+    """What the monitor tells the story tracker (stream/brands/stories.py), which keeps its own state."""
+
+    def counted(self, mention: BrandMention, offset: int | None) -> list[Output]:
+        """A mention the windows counted (not flagged, late or a repeat)."""
+
+    def closed(self, brand: str, start: int, end: int) -> list[Output]:
+        """A tumbling window closed; called before the window's alerts are decided."""
+
+    def explain(self, alert: Alert) -> Alert:
+        """The alert naming the stories that drive it."""
+
+
 class BrandMonitor:
     def __init__(
         self,
         config: MonitorConfig | None = None,
         brands: MutableMapping[str, BrandState] | None = None,
         authors: MutableMapping[str, AuthorState] | None = None,
+        stories: StoryHooks | None = None,
     ) -> None:
         self.config = config or MonitorConfig()
+        self.stories = stories
         self.brands: MutableMapping[str, BrandState] = {} if brands is None else brands
         self.authors: MutableMapping[str, AuthorState] = {} if authors is None else authors
         c = self.config
@@ -191,6 +209,8 @@ class BrandMonitor:
             self._add(state, key, window_start, window_end, mention, reasons, terms, digest)
         state.max_event_ms = max(state.max_event_ms, t)
         self.brands[mention.brand] = state
+        if self.stories is not None and not reasons:
+            outputs.extend(self.stories.counted(mention, offset))
         return outputs
 
     def _noise(self, state: BrandState, author: AuthorState, mention: BrandMention) -> list[str]:
@@ -355,7 +375,12 @@ class BrandMonitor:
             agg = state.windows.pop(f"t:{start}", None) or WindowAgg(start, start + self._window_ms)
             if agg.posts or agg.flagged:
                 outputs.append(self._stats(state.brand, agg, "tumbling"))
-            outputs.extend(self._detect(state, agg))
+            if self.stories is None:
+                outputs.extend(self._detect(state, agg))
+            else:
+                outputs.extend(self.stories.closed(state.brand, agg.start, agg.end))
+                detected = self._detect(state, agg)
+                outputs.extend(self.stories.explain(o) if isinstance(o, Alert) else o for o in detected)
             state.closed_until += self._window_ms
             changed = True
             if not any(key.startswith("t:") for key in state.windows) and state.incident is None:

@@ -8,10 +8,14 @@ tests exercise matching, aggregation and alerting on real text without the model
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from stream.settings import REPO_ROOT
 
@@ -21,6 +25,80 @@ SAMPLE_TWEETS = REPO_ROOT / "tests/data/rated_tweets_sample.tsv"
 BRANDS = ("Acme", "Globex", "Initech", "Umbrella")
 PLATFORMS = ("x", "bluesky", "mastodon", "reddit")
 TEMPLATES = ("{text} @{handle}", "{text} #{brand}", "{brand}: {text}", "@{handle} {text}", "{text} ({brand})")
+# Injected topics, for story evaluation: a topic post is one phrase from each slot, picked at random, then
+# (half the time) the opening words of a random real negative tweet, so a topic's posts share a theme but
+# seldom a text (and the near-duplicate filter lets them through).
+TOPICS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "double_charge": (
+        ("", "ugh", "seriously", "so", "hey", "wow", "great,", "of course"),
+        ("charged twice", "double charged", "billed two times", "two charges on my card", "paid twice", "billed twice"),
+        (
+            "after the app update",
+            "since the latest update",
+            "after updating the app",
+            "with the new version",
+            "since yesterday's update",
+            "right after the update",
+        ),
+        (
+            "still no refund",
+            "I want my money back",
+            "support is silent",
+            "check your billing",
+            "refund me",
+            "this is theft",
+            "",
+        ),
+    ),
+    "outage": (
+        ("", "ugh", "seriously", "so", "hey", "wow", "great,", "again"),
+        (
+            "the app is down",
+            "can't log in",
+            "login keeps failing",
+            "servers are down",
+            "the site won't load",
+            "app keeps crashing on login",
+        ),
+        ("again this morning", "for hours now", "all day", "since 9am", "for the third time this week", "since lunch"),
+        (
+            "anyone else?",
+            "totally unusable",
+            "fix your servers",
+            "error 503 everywhere",
+            "status page says ok",
+            "nothing works",
+            "",
+        ),
+    ),
+    "lost_parcel": (
+        ("", "ugh", "seriously", "so", "hey", "wow", "great,", "still"),
+        (
+            "my package never arrived",
+            "order still not delivered",
+            "tracking says delivered but nothing here",
+            "parcel lost in transit",
+            "no sign of my delivery",
+            "my order vanished",
+        ),
+        (
+            "after three weeks",
+            "for the second time",
+            "and the courier lost it",
+            "two weeks late",
+            "since last month",
+            "after paying for express",
+        ),
+        (
+            "where is my stuff",
+            "shipping is a joke",
+            "nobody can tell me where it is",
+            "I want a replacement",
+            "never ordering again",
+            "",
+        ),
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +140,8 @@ class Burst:
     start_minute: float
     minutes: float = 3.0
     per_minute: float = 60.0
+    # A key of TOPICS: the burst's posts are about it (and carry `"topic"`); else real negative tweets.
+    topic: str | None = None
 
 
 @dataclass(slots=True)
@@ -83,9 +163,14 @@ def synthetic_posts(spec: StreamSpec, tweets: list[RatedTweet]) -> list[dict[str
     followers = [int(rng.paretovariate(1.2) * 50) for _ in range(spec.authors)]
     posts: list[dict[str, object]] = []
 
-    def emit(t_min: float, brand: str | None, pool: list[RatedTweet], complaint_p: float) -> None:
+    def emit(
+        t_min: float, brand: str | None, pool: list[RatedTweet], complaint_p: float, topic: str | None = None
+    ) -> None:
         tweet = rng.choice(pool)
         text = tweet.text
+        if topic is not None:
+            tweet = RatedTweet(topic_text(topic, tweet.text, rng), -2.0)
+            text = tweet.text
         if brand is not None:
             text = rng.choice(TEMPLATES).format(text=text, brand=brand, handle=brand.lower())
         label = label_of(tweet.score)
@@ -97,19 +182,20 @@ def synthetic_posts(spec: StreamSpec, tweets: list[RatedTweet]) -> list[dict[str
         if "?" in tweet.text:
             behaviours.append("question")
         author = rng.randrange(spec.authors)
-        posts.append(
-            {
-                "id": f"s{spec.seed}-{len(posts)}",
-                "text": text,
-                "created_at": spec.start_ms + int(t_min * 60_000),
-                "author": {"id": f"user-{author}", "followers": followers[author]},
-                "platform": rng.choice(PLATFORMS),
-                "lang": "en",
-                "sentiment": label,
-                "sentiment_scores": scores_of(tweet.score),
-                "behaviours": behaviours,
-            }
-        )
+        post: dict[str, object] = {
+            "id": f"s{spec.seed}-{len(posts)}",
+            "text": text,
+            "created_at": spec.start_ms + int(t_min * 60_000),
+            "author": {"id": f"user-{author}", "followers": followers[author]},
+            "platform": rng.choice(PLATFORMS),
+            "lang": "en",
+            "sentiment": label,
+            "sentiment_scores": scores_of(tweet.score),
+            "behaviours": behaviours,
+        }
+        if topic is not None:
+            post["topic"] = topic
+        posts.append(post)
 
     def poisson(rate: float, start: float, end: float) -> list[float]:
         times: list[float] = []
@@ -128,9 +214,36 @@ def synthetic_posts(spec: StreamSpec, tweets: list[RatedTweet]) -> list[dict[str
         emit(t, None, tweets, 0.4)
     for burst in spec.bursts:
         for t in poisson(burst.per_minute, burst.start_minute, burst.start_minute + burst.minutes):
-            emit(t, burst.brand, negative, 0.7)
+            emit(t, burst.brand, negative, 0.7, burst.topic)
     posts.sort(key=lambda p: (p["created_at"], p["id"]))  # type: ignore[arg-type,return-value]
     return posts
+
+
+def topic_text(topic: str, tweet: str, rng: random.Random) -> str:
+    """A post about `topic`: a phrase per slot of TOPICS[topic], then half the time `tweet`'s first words."""
+    words = [rng.choice(slot) for slot in TOPICS[topic]]
+    if rng.random() < 0.5:
+        words.append(" ".join(tweet.split()[:6]))
+    return " ".join(w for w in words if w)
+
+
+EMBEDDING_DIM = 384
+
+
+def _direction(name: str, dim: int) -> npt.NDArray[np.float64]:
+    seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    vector = np.random.default_rng(seed).standard_normal(dim)
+    return vector / np.linalg.norm(vector)
+
+
+def synthetic_embedding(post_id: str, sentiment: str, topic: str | None, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A stand-in for the model's pooled embedding, for tests without the model. Like the real one (see
+    stream/brands/stories.py) it is dominated by a direction per sentiment label; a topic post adds its
+    topic's direction, and every post its own noise (seeded by its id)."""
+    vector = _direction(f"sentiment:{sentiment}", dim) + 0.8 * _direction(f"post:{post_id}", dim)
+    if topic is not None:
+        vector += 0.9 * _direction(f"topic:{topic}", dim)
+    return [float(v) for v in vector / np.linalg.norm(vector)]
 
 
 def demo_brands_yaml(brands: tuple[str, ...] = BRANDS) -> str:

@@ -8,12 +8,16 @@ limit is refused and stops the worker. These drive the monitor with the default 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import msgspec
 import pytest
 
 from stream.brands.model import BrandStats
 from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.stories import StoryTracker
+from stream.brands.synthetic import synthetic_embedding
+from stream.emit import compact_embedding
 from stream.schema import BrandMention
 
 T0 = 1_767_225_600_000
@@ -53,14 +57,46 @@ def busy_brand(per_second: int, minutes: int, *, authors: int, seed: int = 7) ->
     return mentions
 
 
-def largest_state(monitor: BrandMonitor, mentions: list[BrandMention], every: int) -> int:
+def largest_state(
+    monitor: BrandMonitor, mentions: list[BrandMention], every: int, record: Callable[[], object] | None = None
+) -> int:
+    """The largest encoded `record()` (default: the brand's state) seen every `every` mentions."""
     largest = 0
     for n, mention in enumerate(mentions):
         monitor.advance(mention.created_at)
         monitor.observe(mention, offset=n)
         if n % every == 0:
-            largest = max(largest, len(msgspec.json.encode(monitor.brands["Acme"])))
+            largest = max(largest, len(msgspec.json.encode(record() if record else monitor.brands["Acme"])))
     return largest
+
+
+def with_embeddings(mentions: list[BrandMention], seed: int = 11) -> list[BrandMention]:
+    """Embeddings for a story tracker: a third of the posts about one of five topics, the rest each its own."""
+    rng = random.Random(seed)
+    return [
+        msgspec.structs.replace(
+            m,
+            embedding_f16=compact_embedding(
+                synthetic_embedding(m.post_id, m.sentiment, f"topic{rng.randrange(5)}" if rng.random() < 0.3 else None)
+            ),
+        )
+        for m in mentions
+    ]
+
+
+def story_record_size(mentions: list[BrandMention], every: int) -> tuple[int, int]:
+    """(largest encoded story state, most stories held): the `brand-monitor-stories` record of the brand."""
+    config = MonitorConfig()
+    tracker = StoryTracker(config.window_s)
+    held = 0
+
+    def record() -> object:
+        nonlocal held
+        state = tracker.states["Acme"]
+        held = max(held, len(state.stories))
+        return state
+
+    return largest_state(BrandMonitor(config, stories=tracker), mentions, every, record), held
 
 
 @pytest.mark.parametrize("per_second", [50, 100])
@@ -110,3 +146,29 @@ def test_the_largest_mentions_validation_lets_through_keep_the_state_under_the_b
         for n, mention in enumerate(busy_brand(2, minutes=6, authors=100_000))
     ]
     assert largest_state(BrandMonitor(MonitorConfig()), mentions, every=2) < STATE_BUDGET_BYTES
+
+
+@pytest.mark.parametrize("per_second", [50, 100])
+def test_a_busy_brand_story_record_stays_under_the_budget(per_second: int) -> None:
+    """Stories live in their own table, one record per brand: as bounded as the brand's state, and its number of
+    stories held at max_stories while most posts start one of their own."""
+    mentions = with_embeddings(busy_brand(per_second, minutes=2, authors=100_000))
+    largest, held = story_record_size(mentions, every=per_second)
+    assert largest < STATE_BUDGET_BYTES
+    assert held == StoryTracker(60).config.max_stories
+
+
+def test_the_largest_mentions_validation_lets_through_keep_the_story_record_under_the_budget() -> None:
+    rng = random.Random(5)
+    mentions = [
+        msgspec.structs.replace(
+            mention,
+            post_id=f"{n:09d}".ljust(256, "p"),
+            author_id=f"{n:09d}".ljust(256, "a"),
+            followers=rng.randrange(10**9),
+            text=" ".join(f"\x01{rng.randrange(10**9)}{'w' * rng.randrange(1, 38)}\u2603" for _ in range(600))[:10_000],
+        )
+        for n, mention in enumerate(with_embeddings(busy_brand(2, minutes=6, authors=100_000)))
+    ]
+    largest, _ = story_record_size(mentions, every=2)
+    assert largest < STATE_BUDGET_BYTES
