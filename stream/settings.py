@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     mentions_topic: str = Field("social.brand_mentions", description="Internal: one record per (post, brand).")
     brand_stats_topic: str = "social.brand_stats"
     alerts_topic: str = "social.alerts"
+    stories_topic: str = Field("social.stories", description="Story updates (born, growing, faded), keyed by brand.")
     topic_partitions: int = Field(4, description="Partitions for topics the worker creates.")
     topic_replication_factor: int = Field(
         1,

@@ -289,6 +289,7 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
             settings.mentions_topic,
             settings.brand_stats_topic,
             settings.alerts_topic,
+            settings.stories_topic,
         ]
         missing = [
             NewTopic(

@@ -5,10 +5,12 @@
   record of the partition that owns the key, and each change sent to that record's changelog partition, so a
   restarted or rebalanced worker restores exactly its partitions' state (changes reach the tables when an
   offset commit begins, see StructTable):
-  `brand-monitor-state` (brand -> BrandState), `brand-monitor-authors` ("brand\\x1fauthor" -> AuthorState) and
-  `brand-monitor-partitions` ("p<n>" -> brands keyed to partition n).
+  `brand-monitor-state` (brand -> BrandState), `brand-monitor-authors` ("brand\\x1fauthor" -> AuthorState),
+  `brand-monitor-stories` (brand -> StoryState) and `brand-monitor-partitions` ("p<n>" -> brands keyed to
+  partition n).
 - Output: BrandStats and FlaggedMention to settings.brand_stats_topic; Alert and AuthorEscalation to
-  settings.alerts_topic; alerts also to an Alertmanager webhook when one is configured.
+  settings.alerts_topic; StoryUpdate to settings.stories_topic; alerts also to an Alertmanager webhook when
+  one is configured.
 
 Watermark rule (per partition): event time is the largest created_at seen on the partition; a window closes
 when that passes its end + allowed lateness. So that windows also close when posts stop, a timer writes a
@@ -40,8 +42,9 @@ import faust
 import msgspec
 from faust.types import TP
 
-from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output
+from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.stories import StoryConfig, StoryState, StoryTracker
 from stream.brands.webhook import AlertmanagerWebhook, WebhookError
 from stream.emit import dead_letter_record
 from stream.ingest import commit_sequencer
@@ -185,6 +188,7 @@ class BrandAgents:
         app: faust.App,
         settings: Settings,
         config: MonitorConfig,
+        story_config: StoryConfig,
         webhook: AlertmanagerWebhook | None,
         idle_s: float,
     ) -> None:
@@ -198,20 +202,24 @@ class BrandAgents:
         self.dlq_max_value_bytes = settings.dlq_max_value_bytes
         self.stats_topic = app.topic(settings.brand_stats_topic, key_type=bytes, value_type=bytes)
         self.alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes)
+        self.stories_topic = app.topic(settings.stories_topic, key_type=bytes, value_type=bytes)
         self.brand_table = app.Table("brand-monitor-state", key_type=bytes, value_type=bytes, partitions=partitions)
         self.author_table = app.Table("brand-monitor-authors", key_type=bytes, value_type=bytes, partitions=partitions)
+        self.story_table = app.Table("brand-monitor-stories", key_type=bytes, value_type=bytes, partitions=partitions)
         self.index_table = app.Table(
             "brand-monitor-partitions", key_type=bytes, value_type=bytes, partitions=partitions
         )
         states = StructTable(self.brand_table, BrandState)
         authors = StructTable(self.author_table, AuthorState)
-        self.monitor = BrandMonitor(config, states, authors)
+        stories = StructTable(self.story_table, StoryState)
+        self.monitor = BrandMonitor(config, states, authors, StoryTracker(config.window_s, story_config, stories))
         self.index: StructTable[list[str]] = StructTable(self.index_table, list[str])
         # Flushed in this order: a brand's state marks its records applied, so a replayed one is skipped; the
         # author histories they updated go first (they skip a post they hold, and a post held with the same
         # offset is still counted by its brand), else a worker killed between the two would restart with the
-        # record applied and missing from its author's history.
-        self.tables: tuple[StructTable[Any], ...] = (authors, self.index, states)
+        # record applied and missing from its author's history. Stories keep their own applied offset and
+        # skip what they hold, so they go before the states for the same reason.
+        self.tables: tuple[StructTable[Any], ...] = (authors, stories, self.index, states)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
@@ -355,6 +363,8 @@ class BrandAgents:
                 sends.append(await self.alerts_topic.send(key=key, value=value))
                 if isinstance(output, Alert) and self.webhook_queue is not None:
                     self.webhook_queue.put_nowait(output)
+            elif isinstance(output, StoryUpdate):
+                sends.append(await self.stories_topic.send(key=key, value=value))
             else:
                 sends.append(await self.stats_topic.send(key=key, value=value))
         return sends
@@ -387,6 +397,7 @@ def register_brand_agents(
     app: faust.App,
     settings: Settings,
     config: MonitorConfig | None = None,
+    story_config: StoryConfig | None = None,
     *,
     webhook_url: str | None = None,
     tick_s: float = 5.0,
@@ -394,7 +405,7 @@ def register_brand_agents(
 ) -> BrandAgents:
     """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task."""
     webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
-    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s)
+    agents = BrandAgents(app, settings, config or MonitorConfig(), story_config or StoryConfig(), webhook, idle_s)
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:

@@ -77,6 +77,7 @@ class Topics:
             "mentions_topic": f"{self.prefix}.mentions",
             "brand_stats_topic": f"{self.prefix}.brand_stats",
             "alerts_topic": f"{self.prefix}.alerts",
+            "stories_topic": f"{self.prefix}.stories",
         }
 
     def env(self) -> dict[str, str]:

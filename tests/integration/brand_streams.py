@@ -19,7 +19,14 @@ from stream.brands.backtest import Classification
 from stream.brands.model import BrandStats, Output
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
-from stream.brands.synthetic import StreamSpec, demo_brands_yaml, load_rated_tweets, synthetic_posts
+from stream.brands.stories import StoryTracker
+from stream.brands.synthetic import (
+    StreamSpec,
+    demo_brands_yaml,
+    load_rated_tweets,
+    synthetic_embedding,
+    synthetic_posts,
+)
 from stream.emit import build_mention
 from stream.schema import BrandMention
 from stream.settings import Settings
@@ -31,14 +38,18 @@ MINUTE = 60_000
 OutputUnion = msgspec.json.Decoder(Output)
 
 
-def mentions_for(spec: StreamSpec) -> list[BrandMention]:
+def mentions_for(spec: StreamSpec, embeddings: bool = False) -> list[BrandMention]:
+    """With `embeddings`, each mention carries a synthetic one (synthetic.synthetic_embedding), so stories form."""
     validator = build_validator(Settings())
     catalog = BrandCatalog.from_yaml_text(demo_brands_yaml())
     mentions = []
     for n, post in enumerate(synthetic_posts(spec, load_rated_tweets())):
         valid = validator.validate(msgspec.json.encode(post), SourceRef("t", 0, n))
         assert isinstance(valid, ValidPost)
-        labels = Classification(post["sentiment"], post["sentiment_scores"], post["behaviours"])  # type: ignore[arg-type]
+        sentiment = str(post["sentiment"])
+        topic = str(post["topic"]) if "topic" in post else None
+        embedding = synthetic_embedding(valid.post.id, sentiment, topic) if embeddings else None
+        labels = Classification(sentiment, post["sentiment_scores"], post["behaviours"], embedding=embedding)  # type: ignore[arg-type]
         mentions += [build_mention(valid, brand, labels) for brand in post_brands(valid, catalog)]
     return mentions
 
@@ -76,7 +87,13 @@ async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, d
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        own = [settings.mentions_topic, settings.brand_stats_topic, settings.alerts_topic, settings.dlq_topic]
+        own = [
+            settings.mentions_topic,
+            settings.brand_stats_topic,
+            settings.alerts_topic,
+            settings.stories_topic,
+            settings.dlq_topic,
+        ]
         names = dict.fromkeys([*own, *(configs or {})])
         await admin.create_topics(
             [
@@ -95,7 +112,8 @@ async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, d
 
 def reference_outputs(mentions: list[BrandMention]) -> list[Output]:
     """What an uninterrupted monitor emits for `mentions`, in order."""
-    reference = BrandMonitor(MonitorConfig())
+    config = MonitorConfig()
+    reference = BrandMonitor(config, stories=StoryTracker(config.window_s))
     outputs: list[Output] = []
     for m in mentions:
         outputs += reference.advance(m.created_at) + reference.observe(m)
