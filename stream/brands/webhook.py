@@ -62,6 +62,8 @@ def _postable(alert: Alert, kind: AlertKind, severity: Severity, ends_ms: int, s
             ),
             "top_terms": ", ".join(t.term for t in alert.top_terms),
             "example_posts": ", ".join(e.post_id for e in alert.examples),
+            # Only with a story: Alertmanager keeps what it is given, and an alert without stories is common.
+            **({"top_story": alert.stories[0].describe()} if alert.stories else {}),
         },
         "startsAt": _rfc3339(alert.started_at),
         "endsAt": _rfc3339(ends_ms),

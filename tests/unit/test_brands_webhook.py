@@ -102,6 +102,7 @@ async def test_posts_the_alertmanager_v2_shape_and_retries_with_backoff(serve: A
     assert before + 3_600_000 - 1 <= ends <= after + 3_600_000
     assert posted["annotations"]["top_terms"] == "refund"
     assert posted["annotations"]["example_posts"] == "p1"
+    assert "top_story" not in posted["annotations"]  # only an alert that names a story has one
 
 
 def test_a_firing_alert_is_held_for_the_ttl_from_its_post_or_its_window_end_if_later() -> None:
