@@ -1,7 +1,7 @@
 """The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted (from its changelogs as
 written, or after the broker compacted them) ends with the same window aggregates as the same mentions run
-uninterrupted through BrandMonitor (what the backtest runs); and
-inside the full worker, beside ingest, it commits the mentions it has handled."""
+uninterrupted through BrandMonitor (what the backtest runs); a topic burst publishes its story and the
+crisis alert names it; and inside the full worker, beside ingest, it commits the mentions it has handled."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stream.brands.model import Alert, StoryUpdate
 from stream.brands.synthetic import Burst, StreamSpec
 from stream.schema import BrandMention
 from stream.tools.kafka_local import LocalKafka
@@ -31,6 +32,7 @@ from tests.integration.brand_streams import (
     produce_raw,
     read_records,
     read_stats,
+    reference_outputs,
     start_worker,
     with_sentinels,
 )
@@ -179,6 +181,43 @@ async def test_a_mention_the_monitor_fails_on_is_dead_lettered_and_its_changes_u
     poisoned = next(letter for letter in letters if letter["socialpulse.reason"] == b"internal_error")
     assert msgspec.json.decode(poisoned["value"], type=BrandMention) == poison
     assert found == expected, tail
+    assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
+
+
+async def test_a_topic_burst_publishes_its_story_and_the_crisis_alert_names_it(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    # After the 15 warm-up windows the monitor needs before it alerts.
+    spec = StreamSpec(minutes=24, seed=4, per_minute=15, bursts=[Burst("Acme", 18.0, minutes=2, topic="double_charge")])
+    stream, _ = with_sentinels(mentions_for(spec, embeddings=True))
+    reference = reference_outputs(stream)
+    expected = {(u.story_id, u.event, u.window.start): u for u in reference if isinstance(u, StoryUpdate)}
+    expected_alerts = [a for a in reference if isinstance(a, Alert)]
+    env, settings = brand_env(kafka.bootstrap)
+    await create_topics(kafka.bootstrap, settings)
+    await produce(kafka.bootstrap, settings.mentions_topic, stream)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        stories = await read_records(kafka.bootstrap, settings.stories_topic, expect=len(expected), timeout=180)
+        alerts = await read_records(kafka.bootstrap, settings.alerts_topic, expect=len(expected_alerts), timeout=60)
+        ends, committed = await wait_for_commits(
+            kafka.bootstrap, env["SOCIALPULSE_APP_ID"], settings.mentions_topic, 30
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    found = [msgspec.json.decode(r.value or b"", type=StoryUpdate) for r in stories]
+    assert all(r.key == b"Acme" for r in stories), tail
+    assert {(u.story_id, u.event, u.window.start): u for u in found} == expected, tail
+    crisis = [a for a in (msgspec.json.decode(r.value or b"", type=Alert) for r in alerts) if a.kind == "crisis"]
+    assert crisis == [a for a in expected_alerts if a.kind == "crisis"] and crisis, tail
+    firing = crisis[0]
+    burst_start = spec.start_ms + 18 * MINUTE
+    (born,) = [u for u in found if u.event == "born" and u.window.start >= burst_start]
+    assert firing.stories and firing.stories[0].story_id == born.story_id, (firing, born)
+    assert firing.stories[0].negative_share == 1.0 and firing.stories[0].posts >= 10
     assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
 
 
