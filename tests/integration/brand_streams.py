@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from stream.brands.backtest import Classification
-from stream.brands.model import BrandStats, Output
+from stream.brands.model import BrandStats, Output, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.stories import StoryTracker
@@ -186,6 +186,34 @@ async def read_stats(
         settle = time.monotonic() + 2
         while time.monotonic() < settle:
             await poll()
+    finally:
+        await consumer.stop()
+    return found
+
+
+StoryKey = tuple[str, str, int]
+
+
+def story_key(update: StoryUpdate) -> StoryKey:
+    return (update.story_id, update.event, update.window.start)
+
+
+async def read_stories(
+    bootstrap: str, topic: str, expect: set[StoryKey], timeout: float
+) -> dict[StoryKey, StoryUpdate]:
+    """The story records, deduplicated by (story, event, window) (a record sent twice must be the same), read
+    until every key of `expect` is in or at the timeout."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    found: dict[StoryKey, StoryUpdate] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not expect <= found.keys():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    update = msgspec.json.decode(record.value or b"", type=StoryUpdate)
+                    assert record.key == update.brand.encode(), record
+                    assert found.setdefault(story_key(update), update) == update, (found[story_key(update)], update)
     finally:
         await consumer.stop()
     return found
