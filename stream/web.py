@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import msgspec
 import orjson
 from faust import web
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
+from stream.brands.model import Alert
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -108,6 +110,28 @@ class LiveStats:
         return mix
 
 
+class RecentAlerts:
+    """The brand monitor's latest incidents for the live page: each alert id with its newest status (firing,
+    escalated, resolved), newest first, at most `limit`. Fed by the brand agent as it sends alerts."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, alert: Alert) -> None:
+        entry = msgspec.to_builtins(alert)
+        with self._lock:
+            self._latest.pop(alert.alert_id, None)
+            self._latest[alert.alert_id] = entry
+            while len(self._latest) > self.limit:
+                del self._latest[next(iter(self._latest))]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(reversed(self._latest.values()))
+
+
 # --- reading the registry -------------------------------------------------------------------------
 
 Buckets = list[tuple[float, float]]  # (upper bound, cumulative count), sorted, ending with +Inf
@@ -194,12 +218,14 @@ class Summary:
         metrics: Metrics,
         live: LiveStats,
         *,
+        alerts: RecentAlerts | None = None,
         latency_window_s: float = 60.0,
         rate_window_s: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.live = live
+        self.alerts = alerts or RecentAlerts()
         self.latency_window_s = latency_window_s
         self.rate_window_s = rate_window_s
         self.clock = clock
@@ -245,19 +271,27 @@ class Summary:
             "latency_seconds": latency,
             "sentiment_window_s": self.live.window_s,
             "sentiment_by_brand": self.live.sentiment_mix(now),
+            "alerts": self.alerts.snapshot(),
         }
 
 
 # --- Faust web routes -----------------------------------------------------------------------------
 
 
-def register_web(app: faust.App, metrics: Metrics, live: LiveStats, *, summary: Summary | None = None) -> Summary:
+def register_web(
+    app: faust.App,
+    metrics: Metrics,
+    live: LiveStats,
+    *,
+    alerts: RecentAlerts | None = None,
+    summary: Summary | None = None,
+) -> Summary:
     """Add `/`, `/api/summary` and `/metrics` to the app's web server.
 
     Call before the worker starts: Faust mounts its own index at `/` when the server starts, and
     aiohttp serves the route registered first.
     """
-    builder = summary or Summary(metrics, live)
+    builder = summary or Summary(metrics, live, alerts=alerts)
     page = (STATIC_DIR / "live.html").read_bytes()
     assets = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 

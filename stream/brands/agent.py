@@ -187,6 +187,7 @@ class BrandAgents:
         config: MonitorConfig,
         webhook: AlertmanagerWebhook | None,
         idle_s: float,
+        on_alert: Callable[[Alert], None] | None = None,
     ) -> None:
         partitions = settings.topic_partitions
         self.app = app
@@ -214,6 +215,7 @@ class BrandAgents:
         self.tables: tuple[StructTable[Any], ...] = (authors, self.index, states)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
+        self.on_alert = on_alert
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
         self._clocks: dict[int, tuple[int, int]] = {}
         self._due: dict[int, int | None] = {}
@@ -355,6 +357,8 @@ class BrandAgents:
                 sends.append(await self.alerts_topic.send(key=key, value=value))
                 if isinstance(output, Alert) and self.webhook_queue is not None:
                     self.webhook_queue.put_nowait(output)
+                if isinstance(output, Alert) and self.on_alert is not None:
+                    self.on_alert(output)
             else:
                 sends.append(await self.stats_topic.send(key=key, value=value))
         return sends
@@ -391,10 +395,12 @@ def register_brand_agents(
     webhook_url: str | None = None,
     tick_s: float = 5.0,
     idle_s: float = 10.0,
+    on_alert: Callable[[Alert], None] | None = None,
 ) -> BrandAgents:
-    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task."""
+    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task.
+    `on_alert` sees each alert as it is sent (the live page's list)."""
     webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
-    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s)
+    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s, on_alert)
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:

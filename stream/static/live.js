@@ -54,6 +54,29 @@ function renderBrands(mix) {
     i.style.background = color(l); s.append(i, l); return s;
   }));
 }
+function fmtTime(ms) { return new Date(ms).toLocaleTimeString("en-GB"); }
+function renderAlerts(alerts) {
+  document.getElementById("alerts-empty").hidden = alerts.length > 0;
+  document.getElementById("alerts").replaceChildren(...alerts.map(a => {
+    const li = document.createElement("li");
+    li.className = a.status; li.dataset.alertId = a.alert_id; li.dataset.status = a.status; li.dataset.brand = a.brand;
+    const status = document.createElement("span"); status.className = "status"; status.textContent = a.status;
+    const head = document.createElement("span");
+    head.textContent = `${a.kind.replace("_", " ")}: ${a.brand} (${a.severity}), ${a.metric} ${a.observed.toFixed(2)}`
+      + ` vs ${a.baseline_mean.toFixed(2)} ± ${a.baseline_std.toFixed(2)}, z ${a.z.toFixed(1)};`
+      + ` window ${fmtTime(a.window.start)}-${fmtTime(a.window.end)}`;
+    li.append(status, head);
+    const terms = (a.top_terms || []).map(t => t.term);
+    if (terms.length) {
+      const t = document.createElement("div"); t.className = "muted"; t.textContent = "terms: " + terms.join(", ");
+      li.appendChild(t);
+    }
+    for (const e of (a.examples || []).slice(0, 2)) {
+      const q = document.createElement("blockquote"); q.textContent = `${e.sentiment}: ${e.text}`; li.appendChild(q);
+    }
+    return li;
+  }));
+}
 function render(d) {
   setNum("throughput", d.throughput_posts_per_s, d.throughput_posts_per_s.toFixed(1));
   document.getElementById("throughput-window").textContent = d.throughput_window_s;
@@ -73,6 +96,7 @@ function render(d) {
   setNum("p99-ingest", ingest, fmtLatency(ingest));
   document.getElementById("sentiment-window").textContent = d.sentiment_window_s;
   renderBrands(d.sentiment_by_brand);
+  renderAlerts(d.alerts || []);
   const m = d.model;
   const parts = Object.values(m).filter(Boolean);
   document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");
