@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import msgspec
 import orjson
 from faust import web
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream.brands.model import Alert
 from stream.metrics import Metrics
@@ -175,8 +178,18 @@ class RegistrySnapshot:
 
     @classmethod
     def collect(cls, registry: CollectorRegistry) -> RegistrySnapshot:
+        return cls.of(registry.collect())
+
+    @classmethod
+    def fetch(cls, url: str, timeout_s: float = 10.0) -> RegistrySnapshot:
+        """A worker's /metrics read from outside (the tests, the soak bench), indexed the same way."""
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return cls.of(text_string_to_metric_families(response.read().decode()))
+
+    @classmethod
+    def of(cls, families: Iterable[Metric]) -> RegistrySnapshot:
         samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in registry.collect():
+        for family in families:
             for s in family.samples:
                 samples.setdefault(s.name, []).append((dict(s.labels), s.value))
         return cls(samples)
@@ -204,7 +217,8 @@ def _quantiles(buckets: Buckets) -> dict[str, float | None]:
     return {f"p{round(q * 100)}": histogram_quantile(q, buckets) for q in QUANTILES}
 
 
-def _subtract(now: Buckets, then: Buckets) -> Buckets:
+def subtract_buckets(now: Buckets, then: Buckets) -> Buckets:
+    """The observations between two snapshots of one histogram."""
     before = dict(then)
     return [(le, c - before.get(le, 0.0)) for le, c in now]
 
@@ -249,7 +263,7 @@ class Summary:
         baseline = self._baseline(now, current)
         latency: dict[str, Any] = {}
         for key, buckets in current.items():
-            window = _subtract(buckets, baseline[1][key]) if baseline else []
+            window = subtract_buckets(buckets, baseline[1][key]) if baseline else []
             latency[key] = {
                 "since_start": {**_quantiles(buckets), "count": buckets[-1][1] if buckets else 0.0},
                 "window": {**_quantiles(window), "count": window[-1][1] if window else 0.0},

@@ -352,7 +352,7 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[Topic
 
 
 class LagProbe:
-    """End offset minus the group's committed offset, per input partition, for the whole group."""
+    """End offset minus the group's committed offset, per partition, for the whole group of this role."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -374,14 +374,14 @@ class LagProbe:
             await admin.close()
             self._clients = None
 
-    async def measure(self) -> dict[int, int]:
+    async def measure(self, topic: str | None = None) -> dict[int, int]:
+        """Per partition of `topic` (the input topic unless named; the soak bench also reads mentions)."""
         if self._clients is None:
             return {}
         admin, consumer = self._clients
-        topic = self._settings.input_topic
-        tps = await topic_partitions(admin, topic)
+        tps = await topic_partitions(admin, topic or self._settings.input_topic)
         ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
+        committed = await admin.list_consumer_group_offsets(self._settings.group_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
 
 
