@@ -39,12 +39,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stream.backends.cpu import cpu_features
-from stream.bench import EventReader, choose_model, delete_run_topics, worker_env
-from stream.harness import Topics, WorkerProcess
-from stream.kafka_local import LocalKafka
-from stream.replay import replay
-from stream.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 from stream.settings import REPO_ROOT, Settings
+from stream.tools.bench import EventReader, choose_model, delete_run_topics, worker_env
+from stream.tools.harness import Topics, WorkerProcess
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.replay import replay
+from stream.tools.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
 from stream.web import Buckets, RegistrySnapshot, histogram_quantile, subtract_buckets
 from stream.worker import LagProbe, ensure_topics, kafka_admin, topic_partitions
 
