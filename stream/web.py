@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.brands.model import Alert
+from stream.brands.model import Alert, BrandStats
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -46,6 +46,7 @@ class _Slot:
     second: int = -1
     posts: int = 0
     mix: dict[tuple[str, str], int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
 
 
 class LiveStats:
@@ -63,16 +64,26 @@ class LiveStats:
         self._first_second: int | None = None
         self._lock = threading.Lock()
 
-    def record_batch(self, now_s: float, *, posts: int, brands_sentiments: Iterable[tuple[str, str]] = ()) -> None:
+    def record_batch(
+        self,
+        now_s: float,
+        *,
+        posts: int,
+        brands_sentiments: Iterable[tuple[str, str]] = (),
+        languages: Iterable[str] = (),
+    ) -> None:
         second = int(now_s)
         with self._lock:
             slot = self._slots[second % self.window_s]
             if slot.second != second:
                 slot.second, slot.posts = second, 0
                 slot.mix.clear()
+                slot.languages.clear()
             slot.posts += posts
             for key in brands_sentiments:
                 slot.mix[key] = slot.mix.get(key, 0) + 1
+            for language in languages:
+                slot.languages[language] = slot.languages.get(language, 0) + 1
             if self._first_second is None or second < self._first_second:
                 self._first_second = second
 
@@ -112,6 +123,15 @@ class LiveStats:
                     per_brand[label] = per_brand.get(label, 0) + n
         return mix
 
+    def language_mix(self, now_s: float) -> dict[str, int]:
+        """Language -> delivered posts over the whole window."""
+        mix: dict[str, int] = {}
+        with self._lock:
+            for s in self._live(now_s, self.window_s, include_current=True):
+                for language, n in s.languages.items():
+                    mix[language] = mix.get(language, 0) + n
+        return mix
+
 
 class RecentAlerts:
     """The brand monitor's latest incidents for the live page: each alert id with its newest status (firing,
@@ -133,6 +153,33 @@ class RecentAlerts:
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(reversed(self._latest.values()))
+
+
+class BrandTimeline:
+    """Each brand's last `windows` closed tumbling windows (posts, negativity, mean sentiment), oldest first,
+    for the live page's sentiment-over-time chart. Fed by the brand agent as it sends window stats."""
+
+    def __init__(self, windows: int = 30) -> None:
+        self.windows = windows
+        self._series: dict[str, deque[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, stats: BrandStats) -> None:
+        if stats.window.kind != "tumbling":
+            return
+        point = {
+            "start": stats.window.start,
+            "end": stats.window.end,
+            "posts": stats.posts,
+            "negativity": stats.negativity,
+            "mean_sentiment": stats.mean_sentiment,
+        }
+        with self._lock:
+            self._series.setdefault(stats.brand, deque(maxlen=self.windows)).append(point)
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        with self._lock:
+            return {brand: list(points) for brand, points in sorted(self._series.items())}
 
 
 # --- reading the registry -------------------------------------------------------------------------
@@ -233,6 +280,7 @@ class Summary:
         live: LiveStats,
         *,
         alerts: RecentAlerts | None = None,
+        timeline: BrandTimeline | None = None,
         latency_window_s: float = 60.0,
         rate_window_s: int = 10,
         clock: Callable[[], float] = time.time,
@@ -240,6 +288,7 @@ class Summary:
         self.metrics = metrics
         self.live = live
         self.alerts = alerts or RecentAlerts()
+        self.timeline = timeline or BrandTimeline()
         self.latency_window_s = latency_window_s
         self.rate_window_s = rate_window_s
         self.clock = clock
@@ -285,7 +334,9 @@ class Summary:
             "latency_seconds": latency,
             "sentiment_window_s": self.live.window_s,
             "sentiment_by_brand": self.live.sentiment_mix(now),
+            "language_mix": self.live.language_mix(now),
             "alerts": self.alerts.snapshot(),
+            "brand_timeline": self.timeline.snapshot(),
         }
 
 
@@ -298,6 +349,7 @@ def register_web(
     live: LiveStats,
     *,
     alerts: RecentAlerts | None = None,
+    timeline: BrandTimeline | None = None,
     summary: Summary | None = None,
 ) -> Summary:
     """Add `/`, `/api/summary` and `/metrics` to the app's web server.
@@ -305,7 +357,7 @@ def register_web(
     Call before the worker starts: Faust mounts its own index at `/` when the server starts, and
     aiohttp serves the route registered first.
     """
-    builder = summary or Summary(metrics, live, alerts=alerts)
+    builder = summary or Summary(metrics, live, alerts=alerts, timeline=timeline)
     page = (STATIC_DIR / "live.html").read_bytes()
     assets = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 

@@ -30,7 +30,7 @@ from stream.schema import ModelRef
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
 from stream.validate import Validator
-from stream.web import LiveStats, MetricsServer, RecentAlerts, register_web, start_metrics_server
+from stream.web import BrandTimeline, LiveStats, MetricsServer, RecentAlerts, register_web, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -402,8 +402,8 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
     if settings.role == "brands" and not settings.brands_file:
         raise RoleError("the brands role needs SOCIALPULSE_BRANDS_FILE")
     app = create_app(settings)
-    live, alerts = LiveStats(), RecentAlerts()
-    register_web(app, metrics, live, alerts=alerts)
+    live, alerts, timeline = LiveStats(), RecentAlerts(), BrandTimeline()
+    register_web(app, metrics, live, alerts=alerts, timeline=timeline)
     # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
     app.service(cast(Any, MetricsExporter(settings, metrics, loop=None)))
     service: PipelineService | None = None
@@ -413,7 +413,9 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
         app.service(cast(Any, service))
         register_ingest(app, settings, service.pipeline)
     if settings.role in ("all", "brands") and settings.brands_file:
-        register_brand_agents(app, settings, webhook_url=settings.brands_webhook_url, on_alert=alerts.record)
+        register_brand_agents(
+            app, settings, webhook_url=settings.brands_webhook_url, on_alert=alerts.record, on_stats=timeline.record
+        )
 
     def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalances.inc()

@@ -40,7 +40,7 @@ import faust
 import msgspec
 from faust.types import TP
 
-from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output
+from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, BrandStats, Output
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.webhook import AlertmanagerWebhook, WebhookError
 from stream.emit import dead_letter_record
@@ -188,6 +188,7 @@ class BrandAgents:
         webhook: AlertmanagerWebhook | None,
         idle_s: float,
         on_alert: Callable[[Alert], None] | None = None,
+        on_stats: Callable[[BrandStats], None] | None = None,
     ) -> None:
         partitions = settings.topic_partitions
         self.app = app
@@ -216,6 +217,7 @@ class BrandAgents:
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
         self.on_alert = on_alert
+        self.on_stats = on_stats
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
         self._clocks: dict[int, tuple[int, int]] = {}
         self._due: dict[int, int | None] = {}
@@ -361,6 +363,8 @@ class BrandAgents:
                     self.on_alert(output)
             else:
                 sends.append(await self.stats_topic.send(key=key, value=value))
+                if isinstance(output, BrandStats) and self.on_stats is not None:
+                    self.on_stats(output)
         return sends
 
     async def send_ticks(self) -> None:
@@ -396,11 +400,12 @@ def register_brand_agents(
     tick_s: float = 5.0,
     idle_s: float = 10.0,
     on_alert: Callable[[Alert], None] | None = None,
+    on_stats: Callable[[BrandStats], None] | None = None,
 ) -> BrandAgents:
     """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task.
-    `on_alert` sees each alert as it is sent (the live page's list)."""
+    `on_alert` and `on_stats` see each alert and window stat as it is sent (the live page's panels)."""
     webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
-    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s, on_alert)
+    agents = BrandAgents(app, settings, config or MonitorConfig(), webhook, idle_s, on_alert, on_stats)
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:

@@ -163,6 +163,13 @@ def test_live_page_matches_metrics(running_worker: RunningWorker, browser: objec
     for brand, _, detail in rows:
         assert detail == ", ".join(f"{label} {n:.0f}" for label, n in sorted(exported[brand].items())), brand
 
+    # Every post of the fixture's streams is English; all were delivered within the page's window.
+    languages = page.execute_script(
+        "return [...document.querySelectorAll('#languages tbody tr')]"
+        ".map(tr => [tr.dataset.language, tr.querySelector('.language-posts').textContent])"
+    )
+    assert languages == [["en", f"{after.total('socialpulse_posts_delivered_total'):,.0f}"]]
+
     ((model, _),) = after.samples["socialpulse_model_info"]
     # The exposition sorts labels; the page keeps the registry's order.
     assert sorted(text("model").removeprefix("model: ").split(" / ")) == sorted(v for v in model.values() if v)
@@ -218,8 +225,11 @@ def test_live_page_shows_a_brand_crisis_fire_and_resolve(kafka: LocalKafka, brow
         (alert_id,) = incidents(("firing", "escalated"))
         wait_until(lambda: alert_id in incidents(("resolved",)), timeout_s=120)
         shown = browser.execute_script("return document.getElementById('alerts').innerText")
+        charted = str(browser.execute_script("return document.getElementById('timeline').dataset.brands"))
     finally:
         sending.join()
         assert worker.stop() == 0, worker.log_tail()
     assert DEMO_BURST_BRAND in shown and "z " in shown, shown
+    # The sentiment-over-time chart draws every demo brand's closed windows, the burst's brand among them.
+    assert {"Acme", "Globex", "Initech", "Umbrella"} <= set(charted.split(",")), charted
     print(f"live page alerts panel:\n{shown}")
