@@ -64,11 +64,12 @@ class ShiftDetector:
         return ShiftWindow(signal, level, band, event, incident)
 
     def _update_recent(self, drift: Drift, negative: int, posts: int) -> None:
-        share = drift.recent.share()
-        if share is not None and posts:
-            expected = posts * max(share * (1 - share), MIN_BINOMIAL_VAR)
-            drift.dispersion.update((negative - posts * share) ** 2 / expected, self.usual_alpha)
-        drift.recent.update(negative, posts, self.recent_alpha)
+        share, recent = drift.recent.share(), drift.recent
+        # Only against a settled recent level: its own early noise is not the windows' dispersion.
+        if share is not None and posts and recent.posts**2 / recent.square >= self.config.shift_min_posts:
+            residual = (negative - posts * share) ** 2 / (posts * max(share * (1 - share), MIN_BINOMIAL_VAR))
+            drift.dispersion += self.usual_alpha * (residual - drift.dispersion)
+        recent.update(negative, posts, self.recent_alpha)
 
     def _signal(self, drift: Drift) -> tuple[Signal | None, float | None, Band | None]:
         c, recent, usual = self.config, drift.recent, drift.usual
@@ -78,7 +79,7 @@ class ShiftDetector:
         if recent.posts**2 / recent.square < c.shift_min_posts:
             return None, level, None
         binomial = max(mean * (1 - mean), MIN_BINOMIAL_VAR)
-        overdispersion = max(1.0, drift.dispersion.mean)
+        overdispersion = max(1.0, drift.dispersion)
         std = math.sqrt(overdispersion * binomial * (recent.square / recent.posts**2 + usual.square / usual.posts**2))
         margin = max(c.shift_z * std, c.shift_min_rise)
         band = Band(round(mean, 4), round(max(0.0, mean - margin), 4), round(min(1.0, mean + margin), 4))

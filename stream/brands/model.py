@@ -163,8 +163,9 @@ class Drift(msgspec.Struct):
 
     recent: ShareLevel = msgspec.field(default_factory=ShareLevel)
     usual: ShareLevel = msgspec.field(default_factory=ShareLevel)
-    # Windows' squared Pearson residuals against the long level: overdispersion beyond binomial noise.
-    dispersion: Ewma = msgspec.field(default_factory=Ewma)
+    # EWMA of windows' squared Pearson residuals against the recent level: variation beyond binomial noise
+    # (1 when there is none, the prior it starts from).
+    dispersion: float = 1.0
     # Consecutive windows over the opening threshold.
     streak: int = 0
     incident: Incident | None = None
