@@ -81,7 +81,8 @@ def test_three_hours_of_steady_traffic_raise_no_alert_and_carry_their_bands(seed
 def hovering(detector: ShiftDetector, windows: int, seed: int, above: float) -> list[str]:
     """Windows of 40 posts whose negative share stays `above` the detector's own long level, so the recent
     level hovers around the opening threshold however the baseline adapts; then back to 20 % for 3 hours."""
-    rng, drift, events = random.Random(seed), Drift(), []
+    rng, drift = random.Random(seed), Drift()
+    events: list[str] = []
     for n in range(120 + windows + 180):
         usual = drift.usual.share()
         share = usual + above if usual is not None and 120 <= n < 120 + windows else 0.2
