@@ -18,6 +18,10 @@ when its z-score is >= z_threshold (>= min_volume posts; negativity also needs a
 one `firing` alert (an `escalated` one if it later becomes a crisis) and one `resolved` alert after
 `resolve_windows` quiet windows; a cooldown follows. Anomalous windows stay out of the baseline (until
 an incident has lasted `adapt_after_windows`, when a lasting shift becomes the new normal).
+
+A level that drifts over hours follows that baseline; stream/brands/drift.py holds each window against a
+3-hour baseline as well (`negativity_shift` incidents, apart from the bursts'). Every tumbling BrandStats
+carries the bands both detectors used (`expected`).
 """
 
 from __future__ import annotations
