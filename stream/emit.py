@@ -114,7 +114,9 @@ Record = tuple[str, str, bytes]
 _partitioner = DefaultPartitioner()
 
 
-@lru_cache(maxsize=65_536)
+# Brand keys repeat and stay cached; post ids never repeat and pass through, so a larger cache only holds
+# ids that are not asked for again (a 30-minute soak grew by its 65,536 entries, 13 % of the RSS growth).
+@lru_cache(maxsize=4_096)
 def partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
     """Where the default partitioner puts key (cached: brand keys repeat, and murmur2 is pure Python)."""
     partition: int = _partitioner(key, list(partitions), list(partitions))

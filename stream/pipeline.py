@@ -42,7 +42,14 @@ BEHAVIOUR_HEAD = "behaviour"
 class BatchObserver(Protocol):
     """Told about every delivered batch (the live page's rolling stats)."""
 
-    def record_batch(self, now_s: float, *, posts: int, brands_sentiments: Iterable[tuple[str, str]] = ()) -> None: ...
+    def record_batch(
+        self,
+        now_s: float,
+        *,
+        posts: int,
+        brands_sentiments: Iterable[tuple[str, str]] = (),
+        languages: Iterable[str] = (),
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +317,7 @@ class Pipeline:
                 delivered_ms / 1000,
                 posts=len(enriched),
                 brands_sentiments=[(brand, post.sentiment) for post in enriched for brand in post.valid.brands],
+                languages=[post.valid.language for post in enriched],
             )
 
     async def _bounded_dead_letter(

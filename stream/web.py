@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import msgspec
 import orjson
 from faust import web
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
+from stream.brands.model import Alert, BrandStats
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -41,6 +46,7 @@ class _Slot:
     second: int = -1
     posts: int = 0
     mix: dict[tuple[str, str], int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
 
 
 class LiveStats:
@@ -58,16 +64,26 @@ class LiveStats:
         self._first_second: int | None = None
         self._lock = threading.Lock()
 
-    def record_batch(self, now_s: float, *, posts: int, brands_sentiments: Iterable[tuple[str, str]] = ()) -> None:
+    def record_batch(
+        self,
+        now_s: float,
+        *,
+        posts: int,
+        brands_sentiments: Iterable[tuple[str, str]] = (),
+        languages: Iterable[str] = (),
+    ) -> None:
         second = int(now_s)
         with self._lock:
             slot = self._slots[second % self.window_s]
             if slot.second != second:
                 slot.second, slot.posts = second, 0
                 slot.mix.clear()
+                slot.languages.clear()
             slot.posts += posts
             for key in brands_sentiments:
                 slot.mix[key] = slot.mix.get(key, 0) + 1
+            for language in languages:
+                slot.languages[language] = slot.languages.get(language, 0) + 1
             if self._first_second is None or second < self._first_second:
                 self._first_second = second
 
@@ -106,6 +122,64 @@ class LiveStats:
                     per_brand = mix.setdefault(brand, {})
                     per_brand[label] = per_brand.get(label, 0) + n
         return mix
+
+    def language_mix(self, now_s: float) -> dict[str, int]:
+        """Language -> delivered posts over the whole window."""
+        mix: dict[str, int] = {}
+        with self._lock:
+            for s in self._live(now_s, self.window_s, include_current=True):
+                for language, n in s.languages.items():
+                    mix[language] = mix.get(language, 0) + n
+        return mix
+
+
+class RecentAlerts:
+    """The brand monitor's latest incidents for the live page: each alert id with its newest status (firing,
+    escalated, resolved), newest first, at most `limit`. Fed by the brand agent as it sends alerts."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, alert: Alert) -> None:
+        entry = msgspec.to_builtins(alert)
+        with self._lock:
+            self._latest.pop(alert.alert_id, None)
+            self._latest[alert.alert_id] = entry
+            while len(self._latest) > self.limit:
+                del self._latest[next(iter(self._latest))]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(reversed(self._latest.values()))
+
+
+class BrandTimeline:
+    """Each brand's last `windows` closed tumbling windows (posts, negativity, mean sentiment), oldest first,
+    for the live page's sentiment-over-time chart. Fed by the brand agent as it sends window stats."""
+
+    def __init__(self, windows: int = 30) -> None:
+        self.windows = windows
+        self._series: dict[str, deque[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, stats: BrandStats) -> None:
+        if stats.window.kind != "tumbling":
+            return
+        point = {
+            "start": stats.window.start,
+            "end": stats.window.end,
+            "posts": stats.posts,
+            "negativity": stats.negativity,
+            "mean_sentiment": stats.mean_sentiment,
+        }
+        with self._lock:
+            self._series.setdefault(stats.brand, deque(maxlen=self.windows)).append(point)
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        with self._lock:
+            return {brand: list(points) for brand, points in sorted(self._series.items())}
 
 
 # --- reading the registry -------------------------------------------------------------------------
@@ -151,8 +225,18 @@ class RegistrySnapshot:
 
     @classmethod
     def collect(cls, registry: CollectorRegistry) -> RegistrySnapshot:
+        return cls.of(registry.collect())
+
+    @classmethod
+    def fetch(cls, url: str, timeout_s: float = 10.0) -> RegistrySnapshot:
+        """A worker's /metrics read from outside (the tests, the soak bench), indexed the same way."""
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return cls.of(text_string_to_metric_families(response.read().decode()))
+
+    @classmethod
+    def of(cls, families: Iterable[Metric]) -> RegistrySnapshot:
         samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in registry.collect():
+        for family in families:
             for s in family.samples:
                 samples.setdefault(s.name, []).append((dict(s.labels), s.value))
         return cls(samples)
@@ -180,7 +264,8 @@ def _quantiles(buckets: Buckets) -> dict[str, float | None]:
     return {f"p{round(q * 100)}": histogram_quantile(q, buckets) for q in QUANTILES}
 
 
-def _subtract(now: Buckets, then: Buckets) -> Buckets:
+def subtract_buckets(now: Buckets, then: Buckets) -> Buckets:
+    """The observations between two snapshots of one histogram."""
     before = dict(then)
     return [(le, c - before.get(le, 0.0)) for le, c in now]
 
@@ -194,12 +279,16 @@ class Summary:
         metrics: Metrics,
         live: LiveStats,
         *,
+        alerts: RecentAlerts | None = None,
+        timeline: BrandTimeline | None = None,
         latency_window_s: float = 60.0,
         rate_window_s: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.live = live
+        self.alerts = alerts or RecentAlerts()
+        self.timeline = timeline or BrandTimeline()
         self.latency_window_s = latency_window_s
         self.rate_window_s = rate_window_s
         self.clock = clock
@@ -223,7 +312,7 @@ class Summary:
         baseline = self._baseline(now, current)
         latency: dict[str, Any] = {}
         for key, buckets in current.items():
-            window = _subtract(buckets, baseline[1][key]) if baseline else []
+            window = subtract_buckets(buckets, baseline[1][key]) if baseline else []
             latency[key] = {
                 "since_start": {**_quantiles(buckets), "count": buckets[-1][1] if buckets else 0.0},
                 "window": {**_quantiles(window), "count": window[-1][1] if window else 0.0},
@@ -245,19 +334,30 @@ class Summary:
             "latency_seconds": latency,
             "sentiment_window_s": self.live.window_s,
             "sentiment_by_brand": self.live.sentiment_mix(now),
+            "language_mix": self.live.language_mix(now),
+            "alerts": self.alerts.snapshot(),
+            "brand_timeline": self.timeline.snapshot(),
         }
 
 
 # --- Faust web routes -----------------------------------------------------------------------------
 
 
-def register_web(app: faust.App, metrics: Metrics, live: LiveStats, *, summary: Summary | None = None) -> Summary:
+def register_web(
+    app: faust.App,
+    metrics: Metrics,
+    live: LiveStats,
+    *,
+    alerts: RecentAlerts | None = None,
+    timeline: BrandTimeline | None = None,
+    summary: Summary | None = None,
+) -> Summary:
     """Add `/`, `/api/summary` and `/metrics` to the app's web server.
 
     Call before the worker starts: Faust mounts its own index at `/` when the server starts, and
     aiohttp serves the route registered first.
     """
-    builder = summary or Summary(metrics, live)
+    builder = summary or Summary(metrics, live, alerts=alerts, timeline=timeline)
     page = (STATIC_DIR / "live.html").read_bytes()
     assets = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 

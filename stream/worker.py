@@ -30,7 +30,7 @@ from stream.schema import ModelRef
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
 from stream.validate import Validator
-from stream.web import LiveStats, MetricsServer, register_web, start_metrics_server
+from stream.web import BrandTimeline, LiveStats, MetricsServer, RecentAlerts, register_web, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[Topic
 
 
 class LagProbe:
-    """End offset minus the group's committed offset, per input partition, for the whole group."""
+    """End offset minus the group's committed offset, per partition, for the whole group of this role."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -375,14 +375,14 @@ class LagProbe:
             await admin.close()
             self._clients = None
 
-    async def measure(self) -> dict[int, int]:
+    async def measure(self, topic: str | None = None) -> dict[int, int]:
+        """Per partition of `topic` (the input topic unless named; the soak bench also reads mentions)."""
         if self._clients is None:
             return {}
         admin, consumer = self._clients
-        topic = self._settings.input_topic
-        tps = await topic_partitions(admin, topic)
+        tps = await topic_partitions(admin, topic or self._settings.input_topic)
         ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=tps)
+        committed = await admin.list_consumer_group_offsets(self._settings.group_id, partitions=tps)
         return {tp.partition: ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in tps}
 
 
@@ -403,8 +403,8 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
     if settings.role == "brands" and not settings.brands_file:
         raise RoleError("the brands role needs SOCIALPULSE_BRANDS_FILE")
     app = create_app(settings)
-    live = LiveStats()
-    register_web(app, metrics, live)
+    live, alerts, timeline = LiveStats(), RecentAlerts(), BrandTimeline()
+    register_web(app, metrics, live, alerts=alerts, timeline=timeline)
     # Faust starts service instances as well as classes (App._prepare_subservice); its stub says classes.
     app.service(cast(Any, MetricsExporter(settings, metrics, loop=None)))
     service: PipelineService | None = None
@@ -414,7 +414,9 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
         app.service(cast(Any, service))
         register_ingest(app, settings, service.pipeline)
     if settings.role in ("all", "brands") and settings.brands_file:
-        register_brand_agents(app, settings, webhook_url=settings.brands_webhook_url)
+        register_brand_agents(
+            app, settings, webhook_url=settings.brands_webhook_url, on_alert=alerts.record, on_stats=timeline.record
+        )
 
     def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         metrics.rebalances.inc()

@@ -42,7 +42,7 @@ import faust
 import msgspec
 from faust.types import TP
 
-from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, Output, StoryUpdate
+from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, BrandStats, Output, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.stories import StoryConfig, StoryState, StoryTracker
 from stream.brands.webhook import AlertmanagerWebhook, WebhookError
@@ -191,6 +191,8 @@ class BrandAgents:
         story_config: StoryConfig,
         webhook: AlertmanagerWebhook | None,
         idle_s: float,
+        on_alert: Callable[[Alert], None] | None = None,
+        on_stats: Callable[[BrandStats], None] | None = None,
     ) -> None:
         partitions = settings.topic_partitions
         self.app = app
@@ -222,6 +224,8 @@ class BrandAgents:
         self.tables: tuple[StructTable[Any], ...] = (authors, stories, self.index, states)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
+        self.on_alert = on_alert
+        self.on_stats = on_stats
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
         self._clocks: dict[int, tuple[int, int]] = {}
         self._due: dict[int, int | None] = {}
@@ -363,10 +367,14 @@ class BrandAgents:
                 sends.append(await self.alerts_topic.send(key=key, value=value))
                 if isinstance(output, Alert) and self.webhook_queue is not None:
                     self.webhook_queue.put_nowait(output)
+                if isinstance(output, Alert) and self.on_alert is not None:
+                    self.on_alert(output)
             elif isinstance(output, StoryUpdate):
                 sends.append(await self.stories_topic.send(key=key, value=value))
             else:
                 sends.append(await self.stats_topic.send(key=key, value=value))
+                if isinstance(output, BrandStats) and self.on_stats is not None:
+                    self.on_stats(output)
         return sends
 
     async def send_ticks(self) -> None:
@@ -402,10 +410,15 @@ def register_brand_agents(
     webhook_url: str | None = None,
     tick_s: float = 5.0,
     idle_s: float = 10.0,
+    on_alert: Callable[[Alert], None] | None = None,
+    on_stats: Callable[[BrandStats], None] | None = None,
 ) -> BrandAgents:
-    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task."""
+    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task.
+    `on_alert` and `on_stats` see each alert and window stat as it is sent (the live page's panels)."""
     webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
-    agents = BrandAgents(app, settings, config or MonitorConfig(), story_config or StoryConfig(), webhook, idle_s)
+    agents = BrandAgents(
+        app, settings, config or MonitorConfig(), story_config or StoryConfig(), webhook, idle_s, on_alert, on_stats
+    )
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:

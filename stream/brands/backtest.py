@@ -8,7 +8,7 @@ come out exactly as the worker would emit them for that stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.stories import StoryTracker
 from stream.emit import build_mention
+from stream.schema import BrandMention
 from stream.validate import Rejection, SourceRef, ValidPost
 
 
@@ -81,47 +82,21 @@ def run_backtest(
 ) -> BacktestResult:
     """`records`: raw JSON posts, as they would arrive on the input topic (one per line of the file). Stories
     need embeddings, so only posts the classifier labels (those without labels of their own) join them."""
-    labels_decoder = msgspec.json.Decoder(_Labels)
-    valid: list[tuple[ValidPost, _Labels]] = []
-    rejected = 0
-    for offset, raw in enumerate(records):
-        result = validator.validate(raw, SourceRef("backtest", 0, offset))
-        if isinstance(result, Rejection):
-            rejected += 1
-            continue
-        try:
-            labels = labels_decoder.decode(raw)
-        except msgspec.ValidationError:
-            labels = _Labels()
-        valid.append((result, labels))
-    # Event time: the file's order does not matter, like partitions interleaving in the worker.
-    valid.sort(key=lambda item: item[0].created_at_ms)
-
+    valid, rejected = validate_records(records, validator)
     config = config or MonitorConfig()
     monitor = BrandMonitor(config, stories=stories or StoryTracker(config.window_s))
     outputs: list[Output] = []
     mentions = 0
     due: int | None = None
-    for start in range(0, len(valid), batch_size):
-        chunk = valid[start : start + batch_size]
-        matched = [(v, labels, post_brands(v, catalog)) for v, labels in chunk]
-        unlabelled = [v.post.text for v, labels, brands in matched if brands and labels.sentiment is None]
-        if unlabelled and classify is None:
-            raise ValueError("posts without sentiment labels need a classifier (build the model first)")
-        classified = iter(classify(unlabelled) if unlabelled and classify is not None else [])
-        for v, labels, brands in matched:
-            if not brands:
-                continue
-            classification = _labelled(labels) if labels.sentiment is not None else next(classified)
-            now = v.created_at_ms
-            if due is not None and now >= due:
-                outputs.extend(monitor.advance(now))
-                due = _next_due(monitor)
-            for brand in brands:
-                outputs.extend(monitor.observe(build_mention(v, brand, classification)))
-                mentions += 1
-            if due is None:
-                due = _next_due(monitor)
+    for mention in brand_mentions(valid, catalog, classify, batch_size):
+        now = mention.created_at
+        if due is not None and now >= due:
+            outputs.extend(monitor.advance(now))
+            due = _next_due(monitor)
+        outputs.extend(monitor.observe(mention))
+        mentions += 1
+        if due is None:
+            due = _next_due(monitor)
     if valid:
         # End of file: every window closes, as if the stream had gone on quietly.
         horizon = monitor.config.window_s + monitor.config.hop_size_s + monitor.config.allowed_lateness_s
@@ -138,6 +113,48 @@ def run_backtest(
         flagged=[o for o in outputs if isinstance(o, FlaggedMention)],
         stories=[o for o in outputs if isinstance(o, StoryUpdate)],
     )
+
+
+def validate_records(records: Iterable[bytes], validator: Validate) -> tuple[list[tuple[ValidPost, _Labels]], int]:
+    """The valid posts with the labels they carry, in event time, and the number rejected."""
+    labels_decoder = msgspec.json.Decoder(_Labels)
+    valid: list[tuple[ValidPost, _Labels]] = []
+    rejected = 0
+    for offset, raw in enumerate(records):
+        result = validator.validate(raw, SourceRef("backtest", 0, offset))
+        if isinstance(result, Rejection):
+            rejected += 1
+            continue
+        try:
+            labels = labels_decoder.decode(raw)
+        except msgspec.ValidationError:
+            labels = _Labels()
+        valid.append((result, labels))
+    # Event time: the file's order does not matter, like partitions interleaving in the worker.
+    valid.sort(key=lambda item: item[0].created_at_ms)
+    return valid, rejected
+
+
+def brand_mentions(
+    valid: Sequence[tuple[ValidPost, _Labels]],
+    catalog: BrandCatalog,
+    classify: Classifier | None,
+    batch_size: int = 256,
+) -> Iterator[BrandMention]:
+    """The mentions the worker would publish for these posts, in event time."""
+    for start in range(0, len(valid), batch_size):
+        chunk = valid[start : start + batch_size]
+        matched = [(v, labels, post_brands(v, catalog)) for v, labels in chunk]
+        unlabelled = [v.post.text for v, labels, brands in matched if brands and labels.sentiment is None]
+        if unlabelled and classify is None:
+            raise ValueError("posts without sentiment labels need a classifier (build the model first)")
+        classified = iter(classify(unlabelled) if unlabelled and classify is not None else [])
+        for v, labels, brands in matched:
+            if not brands:
+                continue
+            classification = _labelled(labels) if labels.sentiment is not None else next(classified)
+            for brand in brands:
+                yield build_mention(v, brand, classification)
 
 
 def _labelled(labels: _Labels) -> Classification:

@@ -8,6 +8,7 @@ with a `type` field, so a consumer can decode the union `Output`.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import msgspec
@@ -123,18 +124,59 @@ class Ewma(msgspec.Struct):
         self.count += 1
 
 
-class Baseline(msgspec.Struct):
-    volume: Ewma = msgspec.field(default_factory=Ewma)
-    negativity: Ewma = msgspec.field(default_factory=Ewma)
-    # term -> EWMA share of posts containing it.
-    terms: dict[str, float] = msgspec.field(default_factory=dict)
-
-
 class Incident(msgspec.Struct):
     id: str
     kind: str
     started: int  # start of the first anomalous window
     quiet_windows: int = 0
+
+
+class ShareLevel(msgspec.Struct):
+    """An exponentially weighted share over windows, weighted by their posts: quiet windows count little.
+
+    `hits` and `posts` are the weighted sums of negative and all posts (weight alpha * (1 - alpha)^age), and
+    `square` that of posts with the squared weights, so the share's binomial variance is
+    p (1 - p) * square / posts^2 however the volume varied (Kish's effective sample size posts^2 / square).
+    """
+
+    hits: float = 0.0
+    posts: float = 0.0
+    square: float = 0.0
+    windows: int = 0
+
+    def update(self, hits: int, posts: int, alpha: float) -> None:
+        keep = 1 - alpha
+        self.hits = keep * self.hits + alpha * hits
+        self.posts = keep * self.posts + alpha * posts
+        self.square = keep * keep * self.square + alpha * alpha * posts
+        self.windows += 1
+
+    def share(self) -> float | None:
+        return self.hits / self.posts if self.posts > 0 else None
+
+    def sampling_var(self, share: float) -> float:
+        return share * (1 - share) * self.square / self.posts**2 if self.posts > 0 else math.inf
+
+
+class Drift(msgspec.Struct):
+    """The slow negativity detector's state (stream/brands/drift.py): a recent and a long level."""
+
+    recent: ShareLevel = msgspec.field(default_factory=ShareLevel)
+    usual: ShareLevel = msgspec.field(default_factory=ShareLevel)
+    # EWMA of windows' squared Pearson residuals against the recent level: variation beyond binomial noise
+    # (1 when there is none, the prior it starts from).
+    dispersion: float = 1.0
+    # Consecutive windows over the opening threshold.
+    streak: int = 0
+    incident: Incident | None = None
+    cooldown_until: int = 0
+
+
+class Baseline(msgspec.Struct):
+    volume: Ewma = msgspec.field(default_factory=Ewma)
+    negativity: Ewma = msgspec.field(default_factory=Ewma)
+    # term -> EWMA share of posts containing it.
+    terms: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class NearSignature(msgspec.Struct, array_like=True):
@@ -157,6 +199,8 @@ class BrandState(msgspec.Struct):
     streaks: dict[str, int] = msgspec.field(default_factory=dict)
     # No new incident opens for a window starting before this.
     cooldown_until: int = 0
+    # Sustained shifts, against hours of history; its incidents are apart from the bursts' above.
+    drift: Drift = msgspec.field(default_factory=Drift)
     # The mentions-topic offset of the last record applied here: a record replayed after a restore (the
     # state was flushed past the committed offset) is not counted twice. Its brand's records all come from
     # one partition, in order.
@@ -194,6 +238,24 @@ class Window(msgspec.Struct, frozen=True):
     end: int  # epoch ms, exclusive
 
 
+class Band(msgspec.Struct, frozen=True):
+    mean: float
+    low: float
+    high: float
+
+
+class Expected(msgspec.Struct, frozen=True, kw_only=True):
+    """What the detectors held a tumbling window against, before it entered their baselines (None: still
+    warming up, or too few posts)."""
+
+    # The burst baseline: mean -+ z_threshold deviations (negativity's high also needs min_negativity_rise).
+    volume: Band | None = None
+    negativity: Band | None = None
+    # The shift detector: the recent smoothed negative share, and the long baseline's band it must leave.
+    negativity_level: float | None = None
+    negativity_usual: Band | None = None
+
+
 class BrandStats(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="brand_stats"):
     brand: str
     window: Window
@@ -207,6 +269,8 @@ class BrandStats(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ta
     behaviours: dict[str, int]
     flagged: int
     flagged_reasons: dict[str, int]
+    # Tumbling windows only; records written before it decode with the default.
+    expected: Expected | None = None
 
 
 class Signal(msgspec.Struct, frozen=True):
@@ -215,6 +279,8 @@ class Signal(msgspec.Struct, frozen=True):
     baseline_mean: float
     baseline_std: float
     z: float
+    # "short": the window against the EWMA of the last ~10 windows; "long": the recent level against hours.
+    baseline: Literal["short", "long"] = "short"
 
 
 class TermLift(msgspec.Struct, frozen=True):
@@ -242,7 +308,7 @@ class StoryRef(msgspec.Struct, frozen=True, kw_only=True):
         return f"story: '{self.label}', {self.posts} posts, {round(100 * self.negative_share)} % negative"
 
 
-AlertKind = Literal["volume_spike", "negativity_spike", "crisis"]
+AlertKind = Literal["volume_spike", "negativity_spike", "crisis", "negativity_shift"]
 Severity = Literal["warning", "critical"]
 
 

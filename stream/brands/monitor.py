@@ -19,6 +19,10 @@ one `firing` alert (an `escalated` one if it later becomes a crisis) and one `re
 `resolve_windows` quiet windows; a cooldown follows. Anomalous windows stay out of the baseline (until
 an incident has lasted `adapt_after_windows`, when a lasting shift becomes the new normal).
 
+A level that drifts over hours follows that baseline; stream/brands/drift.py holds each window against a
+3-hour baseline as well (`negativity_shift` incidents, apart from the bursts'). Every tumbling BrandStats
+carries the bands both detectors used (`expected`).
+
 With a story tracker (`stories`, stream/brands/stories.py) the monitor hands it every mention it counts and
 every tumbling window it closes, and lets it name the driving stories in each alert.
 """
@@ -34,15 +38,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.brands import noise
+from stream.brands.drift import ShiftDetector
 from stream.brands.model import (
     Alert,
     AlertKind,
     AuthorEscalation,
     AuthorEvent,
     AuthorState,
+    Band,
     BrandState,
     BrandStats,
     Example,
+    Expected,
     FlaggedMention,
     Incident,
     NearSignature,
@@ -82,6 +89,17 @@ class MonitorConfig(BaseSettings):
     min_volume: int = Field(10, description="Fewest unflagged posts in a window for it to alert.")
     min_negativity_rise: float = Field(0.15, description="Negativity must also exceed its baseline by this.")
     negativity_std_floor: float = Field(0.03, description="Smallest negativity deviation a z-score divides by.")
+    shift_recent_s: int = Field(600, description="Time constant of the shift detector's recent negativity level.")
+    shift_baseline_s: int = Field(10_800, description="Time constant of the long negativity baseline (hours).")
+    shift_warmup_s: int = Field(3600, description="History the long baseline needs before a shift can alert.")
+    shift_min_posts: float = Field(50.0, description="Fewest effective posts in the recent level for a shift.")
+    shift_z: float = Field(4.0, description="Standard errors the recent level must exceed the long one by.")
+    shift_min_rise: float = Field(0.1, description="Share the recent level must also exceed the long one by.")
+    shift_confirm_windows: int = Field(5, description="Consecutive windows over both that open a shift.")
+    shift_resolve_z: float = Field(2.0, description="A shift window below this z counts as quiet.")
+    shift_resolve_rise: float = Field(0.05, description="A shift window with a smaller rise counts as quiet.")
+    shift_resolve_windows: int = Field(15, description="Quiet windows in a row that resolve a shift.")
+    shift_cooldown_windows: int = Field(60, description="Windows after a shift resolves before another may open.")
     examples: int = Field(3, description="Example posts per list (most followed, most negative) in an alert.")
     example_chars: int = Field(500, description="Example texts are cut to this many characters (the state's bound).")
     window_authors: int = Field(
@@ -152,6 +170,7 @@ class BrandMonitor:
         self._hop_size_ms = c.hop_size_s * 1000
         self._hop_step_ms = c.hop_step_s * 1000
         self._lateness_ms = c.allowed_lateness_s * 1000
+        self._shift = ShiftDetector(c)
 
     # ------------------------------------------------------------------------------------ observe
 
@@ -373,14 +392,13 @@ class BrandMonitor:
         while state.closed_until + self._window_ms <= watermark:
             start = state.closed_until
             agg = state.windows.pop(f"t:{start}", None) or WindowAgg(start, start + self._window_ms)
+            # The tracker closes the window first: a story born in it can be named by its alerts.
+            updates = [] if self.stories is None else self.stories.closed(state.brand, agg.start, agg.end)
+            expected, alerts = self._detect(state, agg)
             if agg.posts or agg.flagged:
-                outputs.append(self._stats(state.brand, agg, "tumbling"))
-            if self.stories is None:
-                outputs.extend(self._detect(state, agg))
-            else:
-                outputs.extend(self.stories.closed(state.brand, agg.start, agg.end))
-                detected = self._detect(state, agg)
-                outputs.extend(self.stories.explain(o) if isinstance(o, Alert) else o for o in detected)
+                outputs.append(self._stats(state.brand, agg, "tumbling", expected))
+            outputs.extend(updates)
+            outputs.extend(alerts if self.stories is None else map(self.stories.explain, alerts))
             state.closed_until += self._window_ms
             changed = True
             if not any(key.startswith("t:") for key in state.windows) and state.incident is None:
@@ -406,7 +424,7 @@ class BrandMonitor:
                 state.hop_closed_until = max(end, watermark - watermark % self._hop_step_ms)
         return changed
 
-    def _stats(self, brand: str, agg: WindowAgg, kind: str) -> BrandStats:
+    def _stats(self, brand: str, agg: WindowAgg, kind: str, expected: Expected | None = None) -> BrandStats:
         posts = agg.posts
         return BrandStats(
             brand=brand,
@@ -421,6 +439,7 @@ class BrandMonitor:
             behaviours=dict(sorted(agg.behaviours.items())),
             flagged=agg.flagged,
             flagged_reasons=dict(sorted(agg.flagged_reasons.items())),
+            expected=expected,
         )
 
     # ----------------------------------------------------------------------------------- detection
@@ -447,16 +466,48 @@ class BrandMonitor:
             signals.append(Signal("negativity", round(observed, 4), round(mean, 4), round(std, 4), round(z, 3)))
         return signals
 
-    def _detect(self, state: BrandState, agg: WindowAgg) -> list[Output]:
+    def _detect(self, state: BrandState, agg: WindowAgg) -> tuple[Expected, list[Alert]]:
         c = self.config
         signals = self._signals(state, agg)
         hot = [s for s in signals if s.z >= c.z_threshold and agg.posts >= c.min_volume]
         adapting = state.incident is not None and agg.start - state.incident.started >= c.adapt_after_windows * (
             self._window_ms
         )
-        self._update_baseline(state, agg, set() if adapting else {s.metric for s in hot})
-        state.streaks = {s.metric: state.streaks.get(s.metric, 0) + 1 for s in hot}
+        excluded: set[str] = set() if adapting else {s.metric for s in hot}
+        self._update_baseline(state, agg, excluded)
         window = Window("tumbling", agg.start, agg.end)
+        shift = self._shift.close_window(
+            state.drift,
+            state.brand,
+            agg.start,
+            agg.sentiments.get("negative", 0),
+            agg.posts,
+            excluded="negativity" in excluded,
+        )
+        alerts = self._detect_burst(state, agg, window, signals, hot)
+        if shift.event is not None and shift.incident is not None:
+            found = [shift.signal] if shift.signal is not None else []
+            alerts.append(
+                self._alert(state, shift.incident, shift.event, window, found, agg if shift.event == "firing" else None)
+            )
+        expected = Expected(
+            volume=next((self._band(s, None) for s in signals if s.metric == "volume"), None),
+            negativity=next((self._band(s, c.min_negativity_rise) for s in signals if s.metric == "negativity"), None),
+            negativity_level=None if shift.level is None else round(shift.level, 4),
+            negativity_usual=shift.band,
+        )
+        return expected, alerts
+
+    def _band(self, signal: Signal, min_rise: float | None) -> Band:
+        margin = self.config.z_threshold * signal.baseline_std
+        high = signal.baseline_mean + (margin if min_rise is None else max(margin, min_rise))
+        return Band(signal.baseline_mean, round(max(0.0, signal.baseline_mean - margin), 4), round(high, 4))
+
+    def _detect_burst(
+        self, state: BrandState, agg: WindowAgg, window: Window, signals: list[Signal], hot: list[Signal]
+    ) -> list[Alert]:
+        c = self.config
+        state.streaks = {s.metric: state.streaks.get(s.metric, 0) + 1 for s in hot}
         incident = state.incident
         if incident is None:
             firing = [s for s in hot if s.z >= c.z_immediate or state.streaks[s.metric] >= c.confirm_windows]
@@ -558,10 +609,12 @@ class BrandMonitor:
             state.baseline.volume.update(0.0, alpha)
         keep = (1 - alpha) ** windows
         state.streaks = {}
+        # Silence leaves the shift detector's levels as they were (no posts, no evidence), but ends a streak.
+        state.drift.streak = 0
         state.baseline.terms = {t: v * keep for t, v in state.baseline.terms.items() if v * keep >= 1e-4}
 
 
-_KINDS: dict[str, AlertKind] = {k: k for k in ("crisis", "volume_spike", "negativity_spike")}  # type: ignore[misc]
+_KINDS: dict[str, AlertKind] = {k: k for k in ("crisis", "volume_spike", "negativity_spike", "negativity_shift")}  # type: ignore[misc]
 
 
 def _kind(signals: list[Signal]) -> AlertKind:

@@ -1,6 +1,8 @@
 """Brand queries: parse once into an AST, compile to predicates, match each post against every brand cheaply.
 
-A post is tokenized once into a `PostIndex` (words with positions, hashtags, @mentions). Every compiled query
+A post is tokenized once into a `PostIndex` (units with positions, hashtags, @mentions): a unit is a word in
+spaced scripts and one character in scripts written without spaces (Chinese, Japanese, Thai), so a query word
+in those scripts is a run of units and matches inside a run of text. Every compiled query
 has a *trigger set*: index keys at least one of which a post must contain for the query to possibly match.
 The catalog keeps an inverted index key -> brands, so a post only runs the predicates of brands whose
 trigger keys it contains; with hundreds of brands most are never evaluated for a given post.
@@ -12,6 +14,7 @@ juxtaposition = AND, parentheses, `a NEAR/n b`, `case:Word`, `case:"Exact Phrase
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import regex
 import yaml
 
 if TYPE_CHECKING:
@@ -29,9 +33,61 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A `#` or `@` only starts a tag at a word boundary, so "mail@acme.com" yields the words mail, acme, com.
-_TOKEN_RE = re.compile(r"(?<!\w)([#@])(\w+)|(\w+)")
 FIELDS = ("lang", "platform", "author", "case")
+
+# Scripts written without spaces between words. `ー` (Script=Common) lengthens katakana and hiragana vowels.
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}ー"
+# A unit never starts with a combining mark or joiner, so the variation selector of "❤️" is not a word.
+_START = r"(?![\p{M}\p{Join_Control}])"
+# `regex`, not `re`: its \w keeps combining marks (Thai vowels, Devanagari signs) inside their word, where
+# `re` splits "น้ำ" into "น" and "ำ". A `#` or `@` only starts a tag at a word boundary, so "mail@acme.com"
+# yields the words mail, acme, com. Group numbers are the unit kinds below.
+_TOKEN_RE = regex.compile(
+    rf"(?<!\w)([#@]){_START}(\w+)"
+    rf"|((?:[{_UNSPACED}]\p{{M}}*)+)"
+    rf"|{_START}(?:(\p{{Hangul}}+)|([^\W{_UNSPACED}\p{{Hangul}}]+))"
+)
+_TAG, CHAR, HANGUL, WORD = 2, 3, 4, 5
+_CHAR_RE = regex.compile(rf"[{_UNSPACED}]\p{{M}}*")
+_MARK_RE = regex.compile(r"\p{M}")
+_TAG_BODY_RE = regex.compile(rf"{_START}\w+")
+# ASCII text (most English posts) has only WORD units, which `re` finds twice as fast as `regex`.
+_ASCII_TOKEN_RE = re.compile(r"(?<!\w)([#@])(\w+)|(\w+)")
+
+
+def tokenize(text: str) -> list[tuple[str, str, int]]:
+    """The units of a post's or a query's text after NFKC, as (tag, unit, kind); the one tokenizer of both.
+
+    kind WORD: a word of a spaced script; HANGUL: a Korean word (Hangul is split from other scripts, so
+    "LG전자" is "LG" and "전자"); CHAR: one character of an unspaced script with its combining marks (Chinese,
+    Japanese, Thai), split from other scripts too ("我买了iPhone": 我, 买, 了, iPhone). `tag` is "#body" or
+    "@body" on the first unit of a hashtag or @mention, else "".
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return [
+            (prefix + body, body, WORD) if prefix else ("", word, WORD)
+            for prefix, body, word in _ASCII_TOKEN_RE.findall(text)
+        ]
+    return _units(text)
+
+
+def _units(text: str) -> list[tuple[str, str, int]]:
+    units: list[tuple[str, str, int]] = []
+    for match in _TOKEN_RE.finditer(text):
+        kind: int = match.lastindex
+        if kind == CHAR:
+            run = match.group()
+            # Han and kana runs seldom carry a mark (a character is then a unit), Thai ones nearly always.
+            units += [("", char, CHAR) for char in (_CHAR_RE.findall(run) if _MARK_RE.search(run) else run)]
+        elif kind == _TAG:
+            prefix, body = match.group(1, 2)
+            tagged = _units(body)  # not empty: a tag body starts with a letter, digit or _
+            tagged[0] = (prefix + body, tagged[0][1], tagged[0][2])
+            units += tagged
+        else:
+            units.append(("", match.group(), kind))
+    return units
 
 
 def _fold(text: str) -> str:
@@ -44,29 +100,39 @@ class PostIndex:
     __slots__ = ("author", "keys", "language", "platform", "positions", "raw_words", "words")
 
     def __init__(self, text: str, language: str = "", platform: str = "", author: str = "") -> None:
-        self.words: list[str] = []
-        self.raw_words: list[str] = []
-        # Keys: "word", "#tag", "@mention" -> word positions. A tag body is also a plain word, so the term
-        # `acme` matches "#Acme" and "@acme" while `#acme` matches the hashtag only.
+        units = tokenize(text)
+        self.raw_words = [unit for _, unit, _ in units]
+        self.words = [unit.casefold() for unit in self.raw_words]
+        # Keys: "unit", "#tag", "@mention" -> unit positions (a tag: its first unit's). A tag body is also
+        # plain units, so the term `acme` matches "#Acme" and "@acme" while `#acme` matches the hashtag only.
         self.positions: dict[str, list[int]] = {}
-        for match in _TOKEN_RE.finditer(unicodedata.normalize("NFKC", text)):
-            prefix, body = match.group(1), match.group(2) or match.group(3)
-            position = len(self.words)
-            word = body.casefold()
-            self.words.append(word)
-            self.raw_words.append(body)
-            self.positions.setdefault(word, []).append(position)
-            if prefix:
-                self.positions.setdefault(prefix + word, []).append(position)
+        add = self.positions.setdefault
+        for position, word in enumerate(self.words):
+            add(word, []).append(position)
+        previous = WORD
+        for position, (tag, _, kind) in enumerate(units):
+            if tag:
+                add(tag.casefold(), []).append(position)
+            if kind == CHAR and previous == CHAR:
+                # Two characters in a row are a key: a query word in an unspaced script is indexed by its first
+                # two, far fewer posts than those holding its first character.
+                add(self.words[position - 1] + self.words[position], []).append(position - 1)
+            previous = kind
+            if kind == HANGUL:
+                # Korean attaches particles and compounds without a space (삼성이, 삼성전자): a query word matches
+                # the start of a Hangul word, so each of its prefixes is a key too.
+                word = self.words[position]
+                for end in range(1, len(word)):
+                    add(word[:end], []).append(position)
         self.keys = self.positions.keys()
         self.language = _fold(language)
         self.platform = _fold(platform)
         self.author = _fold(author)
 
 
-def _words(text: str) -> list[str]:
-    """The raw words a text tokenizes into, exactly as a post's text would be."""
-    return [m.group(2) or m.group(3) for m in _TOKEN_RE.finditer(unicodedata.normalize("NFKC", text))]
+def _words(text: str) -> list[tuple[str, int]]:
+    """The raw units a text tokenizes into, exactly as a post's text would be, with their kinds."""
+    return [(unit, kind) for _, unit, kind in tokenize(text)]
 
 
 # ----------------------------------------------------------------------------------------------- AST
@@ -74,9 +140,10 @@ def _words(text: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Phrase:
-    """One word or consecutive words; `case` compares the original spelling."""
+    """One unit or consecutive units, with their kinds (`tokenize`); `case` compares the original spelling."""
 
     words: tuple[str, ...]
+    kinds: tuple[int, ...]
     case: bool = False
 
 
@@ -289,16 +356,17 @@ class _Parser:
         raise self.lexer.error(f"expected a term, phrase, tag or '('{after}, found {what}", token.offset)
 
     def _phrase(self, text: str, offset: int, *, case: bool) -> Phrase:
-        words = _words(text)
-        if not words:
+        units = _words(text)
+        if not units:
             raise self.lexer.error("a phrase needs at least one letter or digit", offset)
-        return Phrase(tuple(words if case else (_fold(w) for w in words)), case)
+        words = tuple(unit if case else unit.casefold() for unit, _ in units)
+        return Phrase(words, tuple(kind for _, kind in units), case)
 
     def _word(self, token: _Token) -> Node:
         text = token.text
         if text[0] in "#@":
             body = text[1:]
-            if not re.fullmatch(r"\w+", body):
+            if not _TAG_BODY_RE.fullmatch(body):
                 raise self.lexer.error(f"{text[0]} must be followed by letters, digits or _", token.offset)
             return Tag(text[0], _fold(body))
         name, colon, value = text.partition(":")
@@ -335,12 +403,12 @@ def _alternatives(nodes: tuple[Positional, ...]) -> Spans:
 
 
 def _spans(node: Positional) -> Spans:
-    """Occurrences as (first, last) word positions."""
+    """Occurrences as (first, last) unit positions."""
     if isinstance(node, Tag):
-        key = node.prefix + node.name
+        key, last = node.prefix + node.name, len(_words(node.name)) - 1
 
         def tag_spans(post: PostIndex) -> list[tuple[int, int]]:
-            return [(p, p) for p in post.positions.get(key, ())]
+            return [(p, p + last) for p in post.positions.get(key, ())]
 
         return tag_spans
     words, case = node.words, node.case
@@ -352,15 +420,29 @@ def _spans(node: Positional) -> Spans:
 
         return word_spans
     folded = tuple(_fold(w) for w in words)
+    same = _same_units(tuple(kind == HANGUL for kind in node.kinds))
 
     def phrase_spans(post: PostIndex) -> list[tuple[int, int]]:
         found = []
         for p in post.positions.get(first, ()):
-            if tuple(post.words[p : p + n]) == folded and (not case or tuple(post.raw_words[p : p + n]) == words):
+            if same(post.words[p : p + n], folded) and (not case or same(post.raw_words[p : p + n], words)):
                 found.append((p, p + n - 1))
         return found
 
     return phrase_spans
+
+
+def _same_units(prefix: tuple[bool, ...]) -> Callable[[list[str], tuple[str, ...]], bool]:
+    """Whether a post's units are a phrase's: equal, or starting with its `prefix` (Hangul) units."""
+    if not any(prefix):
+        return lambda found, wanted: tuple(found) == wanted
+
+    def same(found: list[str], wanted: tuple[str, ...]) -> bool:
+        return len(found) == len(wanted) and all(
+            f.startswith(w) if pre else f == w for f, w, pre in zip(found, wanted, prefix, strict=True)
+        )
+
+    return same
 
 
 def _compile(node: Node) -> Predicate:
@@ -407,7 +489,10 @@ def _compile(node: Node) -> Predicate:
 def triggers(node: Node) -> frozenset[str] | None:
     """Index keys one of which a matching post must contain; None when a post could match without any."""
     if isinstance(node, Phrase):
-        return frozenset([max((_fold(w) for w in node.words), key=len)])
+        # A run of unspaced characters is indexed by two of them in a row (PostIndex has those pairs as keys).
+        units = [(_fold(w), kind) for w, kind in zip(node.words, node.kinds, strict=True)]
+        pairs = [a + b for (a, a_kind), (b, b_kind) in itertools.pairwise(units) if a_kind == b_kind == CHAR]
+        return frozenset([max([w for w, _ in units] + pairs, key=len)])
     if isinstance(node, Tag):
         return frozenset([node.prefix + node.name])
     if isinstance(node, FieldFilter | Not):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +145,21 @@ class Burst:
     topic: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """A gradual change of one brand's traffic: from `start_minute`, over `minutes`, linearly to the target
+    negative share and volume (a factor of the brand's rate), which then holds to the end of the stream."""
+
+    brand: str
+    start_minute: float
+    minutes: float
+    negativity: float | None = None
+    volume_factor: float = 1.0
+
+    def progress(self, t_min: float) -> float:
+        return min(1.0, max(0.0, (t_min - self.start_minute) / self.minutes))
+
+
 @dataclass(slots=True)
 class StreamSpec:
     minutes: float = 60.0
@@ -154,12 +170,20 @@ class StreamSpec:
     authors: int = 3000
     unbranded_share: float = 0.2
     bursts: list[Burst] = field(default_factory=list)
+    ramps: list[Ramp] = field(default_factory=list)
+    # Negative share of the brands' posts (drawn from the negative and the other tweets); None: the corpus's.
+    negativity: float | None = None
+    # Peak (15:00 UTC) over trough (03:00) of a daily cycle of every rate; 1: constant.
+    diurnal: float = 1.0
 
 
 def synthetic_posts(spec: StreamSpec, tweets: list[RatedTweet]) -> list[dict[str, object]]:
     """Posts in event-time order, as JSON-ready dicts in the input topic's schema plus labels."""
     rng = random.Random(spec.seed)
     negative = [t for t in tweets if t.score <= -1.0]
+    labelled_negative = [t for t in tweets if label_of(t.score) == "negative"]
+    others = [t for t in tweets if label_of(t.score) != "negative"]
+    corpus_share = len(labelled_negative) / len(tweets)
     followers = [int(rng.paretovariate(1.2) * 50) for _ in range(spec.authors)]
     posts: list[dict[str, object]] = []
 
@@ -197,20 +221,45 @@ def synthetic_posts(spec: StreamSpec, tweets: list[RatedTweet]) -> list[dict[str
             post["topic"] = topic
         posts.append(post)
 
-    def poisson(rate: float, start: float, end: float) -> list[float]:
+    # The daily cycle: 1 + depth * sin, so that peak / trough = spec.diurnal.
+    depth = (spec.diurnal - 1) / (spec.diurnal + 1)
+    day_offset = (spec.start_ms // 60_000) % 1440
+
+    def diurnal(t_min: float) -> float:
+        return 1 + depth * math.sin(2 * math.pi * (day_offset + t_min - 540) / 1440)
+
+    def poisson(rate: float, start: float, end: float, shape: Callable[[float], float] | None = None) -> list[float]:
+        """Arrivals at `rate` times `shape(t)` (at most `rate` times its bound): thinning of a constant rate."""
+        bound = 1.0 if shape is None else (1 + depth) * max([1.0, *(r.volume_factor for r in spec.ramps)])
         times: list[float] = []
         t = start
         while True:
-            t += rng.expovariate(rate)
+            t += rng.expovariate(rate * bound)
             if t >= end:
                 return times
-            times.append(t)
+            if shape is None or rng.random() * bound < shape(t):
+                times.append(t)
 
     for brand in spec.brands:
-        for t in poisson(spec.per_minute, 0.0, spec.minutes):
-            emit(t, brand, tweets, 0.4)
+        ramps = [r for r in spec.ramps if r.brand == brand]
+
+        def shape(t_min: float, ramps: list[Ramp] = ramps) -> float:
+            factor = math.prod(1 + (r.volume_factor - 1) * r.progress(t_min) for r in ramps)
+            return diurnal(t_min) * factor
+
+        varying = depth > 0 or any(r.volume_factor != 1.0 for r in ramps)
+        for t in poisson(spec.per_minute, 0.0, spec.minutes, shape if varying else None):
+            share = spec.negativity
+            for r in ramps:
+                if r.negativity is not None and t >= r.start_minute:
+                    start = corpus_share if share is None else share
+                    share = start + (r.negativity - start) * r.progress(t)
+            if share is None:
+                emit(t, brand, tweets, 0.4)
+            else:
+                emit(t, brand, labelled_negative if rng.random() < share else others, 0.4)
     unbranded = spec.per_minute * len(spec.brands) * spec.unbranded_share
-    for t in poisson(unbranded, 0.0, spec.minutes) if unbranded else []:
+    for t in poisson(unbranded, 0.0, spec.minutes, diurnal if depth > 0 else None) if unbranded else []:
         emit(t, None, tweets, 0.4)
     for burst in spec.bursts:
         for t in poisson(burst.per_minute, burst.start_minute, burst.start_minute + burst.minutes):

@@ -15,7 +15,12 @@ from stream.emit import now_ms
 
 log = logging.getLogger(__name__)
 
-ALERT_NAMES = {"crisis": "BrandCrisis", "volume_spike": "BrandVolumeSpike", "negativity_spike": "BrandNegativitySpike"}
+ALERT_NAMES: dict[AlertKind, str] = {
+    "crisis": "BrandCrisis",
+    "volume_spike": "BrandVolumeSpike",
+    "negativity_spike": "BrandNegativitySpike",
+    "negativity_shift": "BrandNegativityShift",
+}
 
 
 class WebhookError(RuntimeError):

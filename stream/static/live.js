@@ -54,6 +54,64 @@ function renderBrands(mix) {
     i.style.background = color(l); s.append(i, l); return s;
   }));
 }
+function renderLanguages(mix) {
+  const rows = Object.entries(mix).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  const total = rows.reduce((sum, [, n]) => sum + n, 0);
+  document.querySelector("#languages tbody").replaceChildren(...rows.map(([language, n]) => {
+    const tr = document.createElement("tr"); tr.dataset.language = language;
+    const name = document.createElement("td"); name.textContent = language;
+    const count = document.createElement("td"); count.textContent = fmtCount(n); count.className = "language-posts";
+    const share = document.createElement("td"); share.textContent = (100 * n / total).toFixed(1) + " %";
+    tr.append(name, count, share);
+    return tr;
+  }));
+}
+function renderTimeline(series) {
+  const c = document.getElementById("timeline"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const brands = Object.keys(series).filter(b => series[b].some(p => p.negativity !== null));
+  document.getElementById("timeline-empty").hidden = brands.length > 0;
+  const points = brands.flatMap(b => series[b]);
+  if (!points.length) { document.getElementById("timeline-legend").replaceChildren(); return; }
+  const t0 = Math.min(...points.map(p => p.end)), t1 = Math.max(...points.map(p => p.end));
+  const x = t => 30 + (c.width - 40) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
+  const y = v => c.height - 10 - (c.height - 20) * v;
+  g.strokeStyle = "#e3e6eb"; g.fillStyle = "#6b7384"; g.font = "12px sans-serif";
+  for (const v of [0, 0.5, 1]) { g.beginPath(); g.moveTo(30, y(v)); g.lineTo(c.width, y(v)); g.stroke(); g.fillText(v * 100 + "%", 0, y(v) + 4); }
+  for (const b of brands) {
+    g.strokeStyle = color(b); g.lineWidth = 2; g.beginPath();
+    series[b].filter(p => p.negativity !== null).forEach((p, i) => i ? g.lineTo(x(p.end), y(p.negativity)) : g.moveTo(x(p.end), y(p.negativity)));
+    g.stroke();
+  }
+  c.dataset.brands = brands.join(",");
+  document.getElementById("timeline-legend").replaceChildren(...brands.map(b => {
+    const s = document.createElement("span"); const i = document.createElement("i");
+    i.style.background = color(b); s.append(i, b); return s;
+  }));
+}
+function fmtTime(ms) { return new Date(ms).toLocaleTimeString("en-GB"); }
+function renderAlerts(alerts) {
+  document.getElementById("alerts-empty").hidden = alerts.length > 0;
+  document.getElementById("alerts").replaceChildren(...alerts.map(a => {
+    const li = document.createElement("li");
+    li.className = a.status; li.dataset.alertId = a.alert_id; li.dataset.status = a.status; li.dataset.brand = a.brand;
+    const status = document.createElement("span"); status.className = "status"; status.textContent = a.status;
+    const head = document.createElement("span");
+    head.textContent = `${a.kind.replace("_", " ")}: ${a.brand} (${a.severity}), ${a.metric} ${a.observed.toFixed(2)}`
+      + ` vs ${a.baseline_mean.toFixed(2)} ± ${a.baseline_std.toFixed(2)}, z ${a.z.toFixed(1)};`
+      + ` window ${fmtTime(a.window.start)}-${fmtTime(a.window.end)}`;
+    li.append(status, head);
+    const terms = (a.top_terms || []).map(t => t.term);
+    if (terms.length) {
+      const t = document.createElement("div"); t.className = "muted"; t.textContent = "terms: " + terms.join(", ");
+      li.appendChild(t);
+    }
+    for (const e of (a.examples || []).slice(0, 2)) {
+      const q = document.createElement("blockquote"); q.textContent = `${e.sentiment}: ${e.text}`; li.appendChild(q);
+    }
+    return li;
+  }));
+}
 function render(d) {
   setNum("throughput", d.throughput_posts_per_s, d.throughput_posts_per_s.toFixed(1));
   document.getElementById("throughput-window").textContent = d.throughput_window_s;
@@ -73,6 +131,10 @@ function render(d) {
   setNum("p99-ingest", ingest, fmtLatency(ingest));
   document.getElementById("sentiment-window").textContent = d.sentiment_window_s;
   renderBrands(d.sentiment_by_brand);
+  renderAlerts(d.alerts || []);
+  document.getElementById("language-window").textContent = d.sentiment_window_s;
+  renderLanguages(d.language_mix || {});
+  renderTimeline(d.brand_timeline || {});
   const m = d.model;
   const parts = Object.values(m).filter(Boolean);
   document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");

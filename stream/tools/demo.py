@@ -21,9 +21,20 @@ from models.manifest import MANIFEST_FILE
 from stream.settings import REPO_ROOT, Settings
 from stream.tools.kafka_local import LocalKafka
 from stream.tools.replay import replay
-from stream.tools.sample_posts import labelled_stream, load_tweet_texts, write_jsonl
+from stream.tools.sample_posts import NegativeBurst, labelled_stream, load_tweet_texts, write_jsonl
 
 console = Console()
+
+# The brand monitor's defaults need 15 one-minute windows of baseline before a first alert; the replay
+# lasts about 90 s. Five-second windows (the user's SOCIALPULSE_BRANDS_* win) let the burst below fire a
+# crisis and, once it passes, resolve it, while the demo runs.
+DEMO_MONITOR = {
+    "SOCIALPULSE_BRANDS_WINDOW_S": "5",
+    "SOCIALPULSE_BRANDS_HOP_SIZE_S": "0",
+    "SOCIALPULSE_BRANDS_ALLOWED_LATENESS_S": "5",
+    "SOCIALPULSE_BRANDS_WARMUP_WINDOWS": "6",
+}
+DEMO_BURST_BRAND = "Globex"
 
 
 def ensure_model(settings: Settings) -> None:
@@ -71,7 +82,26 @@ def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
         brands.add_column(column, justify="right" if column != "brand" else "left")
     for brand, mix in sorted(summary["sentiment_by_brand"].items()):
         brands.add_row(brand, *(str(mix.get(label, 0)) for label in ("negative", "neutral", "positive")))
-    return Group(table, brands)
+    return Group(table, brands, render_alerts(summary.get("alerts", [])))
+
+
+def render_alerts(alerts: list[dict[str, Any]]) -> Table:
+    table = Table(title="brand alerts (newest first)")
+    for column in ("status", "brand", "kind", "signal", "example"):
+        table.add_column(column)
+    if not alerts:
+        table.add_row("-", "", "none yet: brands are building their baselines", "", "")
+    for alert in alerts[:5]:
+        style = "green" if alert["status"] == "resolved" else "bold red"
+        example = next((e["text"] for e in alert.get("examples", [])), "")
+        table.add_row(
+            f"[{style}]{alert['status']}[/]",
+            alert["brand"],
+            alert["kind"],
+            f"{alert['metric']} {alert['observed']:.2f} vs {alert['baseline_mean']:.2f}, z {alert['z']:.1f}",
+            example[:70],
+        )
+    return table
 
 
 def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str, Any]:
@@ -81,12 +111,14 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
     console.print(f"[bold]1/4[/] Kafka at {kafka.start()}")
     ensure_model(settings)
     texts = load_tweet_texts()
+    burst = NegativeBurst(DEMO_BURST_BRAND, load_tweet_texts(max_score=-1.0))
     # Ids unique per run, so a second demo is not dead-lettered as duplicates of the first.
-    records = labelled_stream(texts, len(texts), malformed_share=malformed_share, seed=int(time.time()))
+    records = labelled_stream(texts, len(texts), malformed_share=malformed_share, seed=int(time.time()), burst=burst)
     posts_file = write_jsonl(records, REPO_ROOT / ".cache/data/demo-posts.jsonl")
     console.print(
         f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets "
-        f"({malformed_share:.0%} malformed) -> {posts_file}"
+        f"({malformed_share:.0%} malformed; from {burst.start:.0%} to {burst.end:.0%} of the way, a burst of "
+        f"negative posts about {burst.brand}) -> {posts_file}"
     )
     app_id = os.environ.get("SOCIALPULSE_APP_ID", "socialpulse-demo")
     skipped = asyncio.run(skip_unprocessed(settings, app_id))
@@ -95,6 +127,7 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
     env = {
         "SOCIALPULSE_APP_ID": app_id,
         "SOCIALPULSE_BRANDS_FILE": str(REPO_ROOT / "deploy/brands/demo.yaml"),
+        **DEMO_MONITOR,
         **os.environ,
     }
     log_path = REPO_ROOT / ".cache/demo-worker.log"

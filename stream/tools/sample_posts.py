@@ -30,10 +30,23 @@ class LabelledRecord:
     expected: RejectReason | None
 
 
-def load_tweet_texts() -> list[str]:
+@dataclass(frozen=True, slots=True)
+class NegativeBurst:
+    """Something going wrong for one brand, woven into a stream: after each post between the `start` and
+    `end` shares of it, `per_post` posts naming `brand` with texts from `texts` (real negative tweets)."""
+
+    brand: str
+    texts: list[str]
+    start: float = 0.55
+    end: float = 0.65
+    per_post: int = 1
+
+
+def load_tweet_texts(max_score: float | None = None) -> list[str]:
+    """The rated tweets' texts; with `max_score`, only those humans rated at or below it (-4..4)."""
     from models.data import load_rated
 
-    return [tweet.text for tweet in load_rated("tweets")]
+    return [t.text for t in load_rated("tweets") if max_score is None or t.score <= max_score]
 
 
 def make_post(rng: random.Random, post_id: str, text: str, created_at_ms: int) -> dict[str, object]:
@@ -87,8 +100,10 @@ def labelled_stream(
     malformed_share: float = 0.05,
     seed: int = 7,
     start_ms: int = 1_795_860_000_000,
+    burst: NegativeBurst | None = None,
 ) -> list[LabelledRecord]:
-    """`count` records: real tweets as valid posts, and a `malformed_share` spread over every bad kind.
+    """`count` records: real tweets as valid posts, and a `malformed_share` spread over every bad kind,
+    10 ms of event time apart; a `burst` adds its posts (valid, beyond `count`) beside the records it spans.
 
     Duplicate ids are among the bad kinds: a later record reusing an earlier valid post's id.
     """
@@ -100,6 +115,11 @@ def labelled_stream(
     for index in range(count):
         post_id = f"post-{seed}-{index}"
         post = make_post(rng, post_id, texts[index % len(texts)], start_ms + index * 10)
+        if burst is not None and burst.start * count <= index < burst.end * count:
+            for k in range(burst.per_post):
+                extra = make_post(rng, f"burst-{seed}-{index}-{k}", rng.choice(burst.texts), start_ms + index * 10 + 1)
+                extra["brand"] = burst.brand
+                records.append(LabelledRecord(_encode(extra), str(extra["id"]), None))
         if index not in bad_positions or not valid_ids:
             records.append(LabelledRecord(_encode(post), post_id, None))
             valid_ids.append(post_id)

@@ -1,7 +1,8 @@
 """The brand monitor agent on real Kafka: a worker SIGKILLed mid-window and restarted (from its changelogs as
 written, or after the broker compacted them) ends with the same window aggregates as the same mentions run
 uninterrupted through BrandMonitor (what the backtest runs); a topic burst publishes its story and the
-crisis alert names it; and inside the full worker, beside ingest, it commits the mentions it has handled."""
+crisis alert names it; and inside the full worker, beside ingest, it commits the mentions it has handled
+(brands matched in English, Chinese and Japanese posts)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stream.brands.agent import TICK_KEY
 from stream.brands.model import Alert, StoryUpdate
 from stream.brands.synthetic import Burst, StreamSpec
 from stream.schema import BrandMention
 from stream.tools.kafka_local import LocalKafka
-from stream.tools.sample_posts import labelled_stream, load_tweet_texts
+from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
 from stream.worker import topic_partitions
 from tests.integration.brand_streams import (
     MINUTE,
@@ -322,25 +324,54 @@ async def test_a_worker_that_loses_its_partitions_commits_the_work_it_finished(
     assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
 
 
+# Brands written in unspaced scripts, mentioned inside a run of text (docs/BRANDS.md, matching per script).
+UNSPACED_POSTS = {
+    "zh-huawei": ("zh", "我喜欢华为手机 但是电池不太好", "Huawei"),
+    "ja-sony": ("ja", "ソニーのヘッドホンが壊れた", "Sony"),
+}
+
+
 def test_the_full_worker_commits_the_mentions_it_has_handled(kafka: LocalKafka, tmp_path: Path) -> None:
     # Ingest's commit rule once answered for every partition of the shared consumer, and never committed
     # the mentions topic: each restart re-read every retained mention, which slowed long-lived setups.
+    # A Chinese and a Japanese post mention brands inside unspaced text; the worker dead-letters languages
+    # outside SOCIALPULSE_LANGUAGES (default ["en"]), so it serves zh and ja here.
     topics = Topics()
     records = labelled_stream(load_tweet_texts(), 300, malformed_share=0.0, seed=5)
-    brands_file = str(REPO_ROOT / "deploy/brands/demo.yaml")
-    worker = WorkerProcess(kafka.bootstrap, topics, tmp_path, "worker", SOCIALPULSE_BRANDS_FILE=brands_file).start()
+    for post_id, (lang, text, _) in UNSPACED_POSTS.items():
+        post = {"id": post_id, "text": text, "created_at": 1_795_860_100_000, "author": {"id": "u", "followers": 1}}
+        records.append(LabelledRecord(msgspec.json.encode({**post, "platform": "x", "lang": lang}), post_id, None))
+    brands_file = tmp_path / "brands.yaml"
+    brands_file.write_text(
+        (REPO_ROOT / "deploy/brands/demo.yaml").read_text(encoding="utf-8")
+        + "  Huawei: '华为 OR huawei'\n  Sony: 'ソニー OR sony'\n",
+        encoding="utf-8",
+    )
+    worker = WorkerProcess(
+        kafka.bootstrap,
+        topics,
+        tmp_path,
+        "worker",
+        SOCIALPULSE_BRANDS_FILE=str(brands_file),
+        SOCIALPULSE_LANGUAGES='["en", "zh", "ja"]',
+    ).start()
     try:
         worker.wait_ready()
         asyncio.run(produce_posts(kafka.bootstrap, topics.posts, records))
-        asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=300))
+        outputs = asyncio.run(read_outputs(kafka.bootstrap, topics, len(records), 0, timeout=300))
         fields = topics.fields()
         ends, committed = asyncio.run(
             wait_for_commits(kafka.bootstrap, fields["app_id"], fields["mentions_topic"], timeout=30)
         )
+        mentions = asyncio.run(read_records(kafka.bootstrap, fields["mentions_topic"], sum(ends.values()), 60))
     finally:
         assert worker.stop() == 0, worker.log_tail()
+    assert len(outputs.sentiment_posts()) == len(records) and not outputs.dead_letters, outputs.dead_letters
     assert sum(ends.values()) > 0, "the posts mention no brand: nothing was tested"
     assert all(committed.get(p, 0) >= end for p, end in ends.items()), (ends, committed, worker.log_tail())
+    decoded = [msgspec.json.decode(m.value or b"", type=BrandMention) for m in mentions if m.key != TICK_KEY]
+    unspaced = {(m.post_id, m.brand, m.language) for m in decoded if m.post_id in UNSPACED_POSTS}
+    assert unspaced == {(post_id, brand, lang) for post_id, (lang, _, brand) in UNSPACED_POSTS.items()}
 
 
 def test_pipeline_and_brands_roles_run_as_separate_processes(kafka: LocalKafka, tmp_path: Path) -> None:

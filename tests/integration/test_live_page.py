@@ -1,12 +1,14 @@
 """The live page of a running worker in headless Chromium (Debian chromium + chromedriver via selenium):
 it must show the numbers the same worker's /metrics exports, including percentiles interpolated from the
-same histograms, while a second wave of posts goes through. SOCIALPULSE_UPDATE_SCREENSHOT=1 writes the
-screenshot to docs/live-page.png."""
+same histograms, while a second wave of posts goes through; and a brand crisis firing and resolving.
+SOCIALPULSE_UPDATE_SCREENSHOT=1 writes the screenshot to docs/live-page.png."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -14,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from stream.tools.demo import DEMO_BURST_BRAND, DEMO_MONITOR
+from stream.tools.kafka_local import LocalKafka
+from stream.tools.replay import replay
+from stream.tools.sample_posts import NegativeBurst, labelled_stream, load_tweet_texts, write_jsonl
 from stream.web import RegistrySnapshot, histogram_quantile
+from tests.integration.harness import Topics, WorkerProcess
 from tests.integration.worker_fixtures import RunningWorker, fresh_stream, scrape
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,6 +163,13 @@ def test_live_page_matches_metrics(running_worker: RunningWorker, browser: objec
     for brand, _, detail in rows:
         assert detail == ", ".join(f"{label} {n:.0f}" for label, n in sorted(exported[brand].items())), brand
 
+    # Every post of the fixture's streams is English; all were delivered within the page's window.
+    languages = page.execute_script(
+        "return [...document.querySelectorAll('#languages tbody tr')]"
+        ".map(tr => [tr.dataset.language, tr.querySelector('.language-posts').textContent])"
+    )
+    assert languages == [["en", f"{after.total('socialpulse_posts_delivered_total'):,.0f}"]]
+
     ((model, _),) = after.samples["socialpulse_model_info"]
     # The exposition sorts labels; the page keeps the registry's order.
     assert sorted(text("model").removeprefix("model: ").split(" / ")) == sorted(v for v in model.values() if v)
@@ -171,3 +185,51 @@ def test_live_page_matches_metrics(running_worker: RunningWorker, browser: objec
     assert target.stat().st_size > 20_000, "screenshot looks empty"
     # Later tests get the worker as the fixture hands it out: idle and caught up.
     running_worker.settle_lag()
+
+
+def test_live_page_shows_a_brand_crisis_fire_and_resolve(kafka: LocalKafka, browser: object, tmp_path: Path) -> None:
+    """The demo's brand monitor settings and negative burst, replayed live: the alerts panel shows the burst's
+    brand firing while the burst lasts, then the same incident resolved."""
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    topics = Topics()
+    brands_file = str(REPO / "deploy/brands/demo.yaml")
+    worker = WorkerProcess(
+        kafka.bootstrap, topics, tmp_path, "alerts-worker", SOCIALPULSE_BRANDS_FILE=brands_file, **DEMO_MONITOR
+    ).start()
+    burst = NegativeBurst(DEMO_BURST_BRAND, load_tweet_texts(max_score=-1.0))
+    records = labelled_stream(load_tweet_texts(), 6_000, malformed_share=0.0, seed=43, burst=burst)
+    posts = write_jsonl(records, tmp_path / "posts.jsonl")
+    # As the demo replays: live, created_at the send time, so event time moves with the wall clock.
+    sending = threading.Thread(
+        target=lambda: asyncio.run(replay(posts, topics.posts, kafka.bootstrap, 100.0, show_progress=False))
+    )
+
+    def incidents(status: tuple[str, ...]) -> list[str]:
+        return list(
+            browser.execute_script(
+                "return [...document.querySelectorAll('#alerts li')]"
+                ".filter(li => li.dataset.brand === arguments[0] && arguments[1].includes(li.dataset.status))"
+                ".map(li => li.dataset.alertId)",
+                DEMO_BURST_BRAND,
+                list(status),
+            )
+        )
+
+    try:
+        worker.wait_ready()
+        browser.get(f"http://127.0.0.1:{worker.web_port}/")
+        sending.start()
+        wait_until(lambda: bool(incidents(("firing", "escalated"))), timeout_s=120)
+        (alert_id,) = incidents(("firing", "escalated"))
+        wait_until(lambda: alert_id in incidents(("resolved",)), timeout_s=120)
+        shown = browser.execute_script("return document.getElementById('alerts').innerText")
+        charted = str(browser.execute_script("return document.getElementById('timeline').dataset.brands"))
+    finally:
+        sending.join()
+        assert worker.stop() == 0, worker.log_tail()
+    assert DEMO_BURST_BRAND in shown and "z " in shown, shown
+    # The sentiment-over-time chart draws every demo brand's closed windows, the burst's brand among them.
+    assert {"Acme", "Globex", "Initech", "Umbrella"} <= set(charted.split(",")), charted
+    print(f"live page alerts panel:\n{shown}")

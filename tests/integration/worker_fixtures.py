@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from stream.emit import now_ms
 from stream.settings import Settings
@@ -34,13 +32,7 @@ LAG_TIMEOUT_S = 30.0
 
 def scrape(url: str) -> RegistrySnapshot:
     """One /metrics exposition, indexed like the live page indexes the registry."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return RegistrySnapshot(samples)
+    return RegistrySnapshot.fetch(url)
 
 
 def fresh_stream(count: int, seed: int) -> list[LabelledRecord]:

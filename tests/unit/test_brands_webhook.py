@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
 from aiohttp import web
 
-from stream.brands.model import Alert, Example, Signal, TermLift, Window
-from stream.brands.webhook import AlertmanagerWebhook, WebhookError, alertmanager_alerts
+from stream.brands.model import Alert, AlertKind, Example, Signal, TermLift, Window, severity_of
+from stream.brands.webhook import ALERT_NAMES, AlertmanagerWebhook, WebhookError, alertmanager_alerts
 from stream.emit import now_ms
 
 T0 = 1_767_225_600_000
@@ -183,3 +183,16 @@ async def test_credentials_in_the_url_authenticate_but_never_show(serve: Any) ->
         await webhook.close()
     assert "s3cret" not in str(refused.value) and "alerts@" not in str(refused.value)
     assert receiver.authorizations == ["Basic YWxlcnRzOnMzY3JldA=="]
+
+
+def test_every_alert_kind_has_an_alertmanager_name_and_severity() -> None:
+    assert set(ALERT_NAMES) == set(get_args(AlertKind))
+    shift = msgspec.structs.replace(alert(), kind="negativity_shift", severity=severity_of("negativity_shift"))
+    (posted,) = alertmanager_alerts(shift, T0 + 60_000)
+    assert posted["labels"] | {"alert_id": None} == {
+        "alertname": "BrandNegativityShift",
+        "brand": "Acme",
+        "kind": "negativity_shift",
+        "severity": "warning",
+        "alert_id": None,
+    }
