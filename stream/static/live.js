@@ -101,6 +101,11 @@ function renderAlerts(alerts) {
       + ` vs ${a.baseline_mean.toFixed(2)} ± ${a.baseline_std.toFixed(2)}, z ${a.z.toFixed(1)};`
       + ` window ${fmtTime(a.window.start)}-${fmtTime(a.window.end)}`;
     li.append(status, head);
+    for (const story of (a.stories || []).slice(0, 2)) {
+      const t = document.createElement("div"); t.className = "story";
+      t.textContent = `story: '${story.label}', ${story.posts} posts, ${Math.round(100 * story.negative_share)} % negative`;
+      li.appendChild(t);
+    }
     const terms = (a.top_terms || []).map(t => t.term);
     if (terms.length) {
       const t = document.createElement("div"); t.className = "muted"; t.textContent = "terms: " + terms.join(", ");

@@ -93,7 +93,10 @@ def render_alerts(alerts: list[dict[str, Any]]) -> Table:
         table.add_row("-", "", "none yet: brands are building their baselines", "", "")
     for alert in alerts[:5]:
         style = "green" if alert["status"] == "resolved" else "bold red"
-        example = next((e["text"] for e in alert.get("examples", [])), "")
+        stories = alert.get("stories", [])
+        example = (
+            f"story: '{stories[0]['label']}'" if stories else next((e["text"] for e in alert.get("examples", [])), "")
+        )
         table.add_row(
             f"[{style}]{alert['status']}[/]",
             alert["brand"],
