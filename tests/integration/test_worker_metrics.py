@@ -25,6 +25,7 @@ RULES = sorted((REPO / "deploy/prometheus/rules").glob("*.yml"))
 # The test stream hints at four brands, far below the limit past which hints are dropped.
 IDLE_ZERO = {
     "socialpulse_inflight_tokens",
+    "socialpulse_dead_letters_inflight",
     "socialpulse_backend_busy_ratio",
     "socialpulse_consumer_lag_records",
     "socialpulse_brand_hints_dropped_total",
