@@ -365,10 +365,11 @@ class BrandAgents:
             value = self._encoder.encode(output)
             if isinstance(output, Alert | AuthorEscalation):
                 sends.append(await self.alerts_topic.send(key=key, value=value))
-                if isinstance(output, Alert) and self.webhook_queue is not None:
-                    self.webhook_queue.put_nowait(output)
-                if isinstance(output, Alert) and self.on_alert is not None:
-                    self.on_alert(output)
+                if isinstance(output, Alert):
+                    if self.webhook_queue is not None:
+                        self.webhook_queue.put_nowait(output)
+                    if self.on_alert is not None:
+                        self.on_alert(output)
             elif isinstance(output, StoryUpdate):
                 sends.append(await self.stories_topic.send(key=key, value=value))
             else:

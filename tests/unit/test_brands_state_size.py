@@ -99,6 +99,26 @@ def story_record_size(mentions: list[BrandMention], every: int) -> tuple[int, in
     return largest_state(BrandMonitor(config, stories=tracker), mentions, every, record), held
 
 
+def largest_mentions(
+    mentions: list[BrandMention], *, seed: int, longest_word: int, random_followers: bool = False
+) -> list[BrandMention]:
+    """The mentions with ids at max_id_chars and texts at max_text_chars, full of words up to `longest_word`
+    characters and of characters JSON escapes."""
+    rng = random.Random(seed)
+    largest = []
+    for n, mention in enumerate(mentions):
+        changes: dict[str, object] = {
+            "post_id": f"{n:09d}".ljust(256, "p"),
+            "author_id": f"{n:09d}".ljust(256, "a"),
+        }
+        if random_followers:
+            changes["followers"] = rng.randrange(10**9)
+        words = (f"\x01{rng.randrange(10**9)}{'w' * rng.randrange(1, longest_word)}\u2603" for _ in range(600))
+        changes["text"] = " ".join(words)[:10_000]
+        largest.append(msgspec.structs.replace(mention, **changes))
+    return largest
+
+
 @pytest.mark.parametrize("per_second", [50, 100])
 def test_a_busy_brand_state_stays_under_the_budget(per_second: int) -> None:
     """The issue's case (50 mentions/s over 10 minutes of event time) and twice that volume."""
@@ -135,16 +155,7 @@ def test_authors_and_reach_are_exact_up_to_the_sample_and_estimated_beyond() -> 
 
 def test_the_largest_mentions_validation_lets_through_keep_the_state_under_the_budget() -> None:
     """Ids at max_id_chars, texts at max_text_chars full of long words and characters JSON escapes."""
-    rng = random.Random(3)
-    mentions = [
-        msgspec.structs.replace(
-            mention,
-            post_id=f"{n:09d}".ljust(256, "p"),
-            author_id=f"{n:09d}".ljust(256, "a"),
-            text=" ".join(f"\x01{rng.randrange(10**9)}{'w' * rng.randrange(1, 60)}\u2603" for _ in range(600))[:10_000],
-        )
-        for n, mention in enumerate(busy_brand(2, minutes=6, authors=100_000))
-    ]
+    mentions = largest_mentions(busy_brand(2, minutes=6, authors=100_000), seed=3, longest_word=60)
     assert largest_state(BrandMonitor(MonitorConfig()), mentions, every=2) < STATE_BUDGET_BYTES
 
 
@@ -159,16 +170,8 @@ def test_a_busy_brand_story_record_stays_under_the_budget(per_second: int) -> No
 
 
 def test_the_largest_mentions_validation_lets_through_keep_the_story_record_under_the_budget() -> None:
-    rng = random.Random(5)
-    mentions = [
-        msgspec.structs.replace(
-            mention,
-            post_id=f"{n:09d}".ljust(256, "p"),
-            author_id=f"{n:09d}".ljust(256, "a"),
-            followers=rng.randrange(10**9),
-            text=" ".join(f"\x01{rng.randrange(10**9)}{'w' * rng.randrange(1, 38)}\u2603" for _ in range(600))[:10_000],
-        )
-        for n, mention in enumerate(with_embeddings(busy_brand(2, minutes=6, authors=100_000)))
-    ]
+    mentions = largest_mentions(
+        with_embeddings(busy_brand(2, minutes=6, authors=100_000)), seed=5, longest_word=38, random_followers=True
+    )
     largest, _ = story_record_size(mentions, every=2)
     assert largest < STATE_BUDGET_BYTES
