@@ -319,15 +319,15 @@ class Pipeline:
         metrics.posts_delivered.inc(len(enriched))
         # Labelled series are counted per batch first: a labels() lookup per post and series was a visible
         # share of the worker's time at a few thousand posts/s (py-spy).
-        brand_sentiments: Counter[tuple[str, str]] = Counter()
+        per_brand: Counter[tuple[str, str]] = Counter()
         for post in enriched:
             # A producer's clock may run ahead of ours; a negative latency is clamped, not recorded.
             metrics.e2e_created.observe(max(0.0, (delivered_ms - post.valid.created_at_ms) / 1000))
             metrics.e2e_ingest.observe((delivered_ms - post.ingested_at_ms) / 1000)
             for brand in post.valid.brands:
-                brand_sentiments[brand, post.sentiment_of(brand)] += 1
+                per_brand[brand, post.sentiment_of(brand)] += 1
         brand_posts: Counter[str] = Counter()
-        for (brand, sentiment), count in brand_sentiments.items():
+        for (brand, sentiment), count in per_brand.items():
             brand_posts[brand] += count
             metrics.brand_sentiment.labels(brand, sentiment).inc(count)
         for brand, count in brand_posts.items():
