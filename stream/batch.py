@@ -1,7 +1,8 @@
 """Batching stage: token-budget micro-batches, tokenized once per window, sorted by length to cut padding.
 
 A window is everything queued when a batch is due (up to `sort_window` posts). It is tokenized with one
-`encode_batch` call, sorted by length and sliced into batches whose padded cost (n x padded length) stays
+`encode_batch` call (a post's extra texts too: the per-brand spans of a multi-brand post, which run as extra
+rows of the post's batch), sorted by length and sliced into batches whose padded cost (n x padded length) stays
 under `max_batch_tokens`. A batch is due when the queue holds a full batch or the oldest post has waited
 `max_wait_ms`. Queued plus running tokens are bounded: `put` blocks above `max_inflight_tokens`, which
 stops the agent pulling records, so Faust pauses the partitions instead of buffering without bound.
@@ -24,15 +25,18 @@ from stream.tokenize import PostTokenizer, pad, padded_length
 Ticket = TypeVar("Ticket")
 
 
-def slice_by_budget(lengths: Sequence[int], max_tokens: int, max_size: int, multiple: int) -> list[range]:
+def slice_by_budget(
+    lengths: Sequence[int], max_tokens: int, max_size: int, multiple: int, rows: Sequence[int] | None = None
+) -> list[range]:
     """Cut length-sorted items into consecutive batches whose padded cost stays within budget.
 
-    A single item over the budget still forms a batch of one: it must be served, not starved.
+    `rows`: the rows each item takes (a post and its extra texts; 1 each when None), no longer than its
+    length. A single item over the budget still forms a batch of one: it must be served, not starved.
     """
     batches: list[range] = []
     start = 0
     for index in range(len(lengths)):
-        size = index - start + 1
+        size = index - start + 1 if rows is None else sum(rows[start : index + 1])
         cost = size * padded_length(max(lengths[start : index + 1]), multiple)
         if index > start and (size > max_size or cost > max_tokens):
             batches.append(range(start, index))
@@ -53,10 +57,18 @@ class Job(Generic[Ticket]):
     enqueued_at: float = field(default_factory=time.monotonic)
     ids: list[int] = field(default_factory=list)
     truncated: bool = False
+    # More texts classified with the post (each brand's span of a multi-brand post), as extra rows of its batch.
+    extra_texts: Sequence[str] = ()
+    extra_ids: list[list[int]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return 1 + len(self.extra_texts)
 
 
 @dataclass(slots=True)
 class Batch(Generic[Ticket]):
+    # Rows: one per job in order, then every job's extra texts in job order (`texts`).
     jobs: list[Job[Ticket]]
     input_ids: npt.NDArray[np.int64]
     attention_mask: npt.NDArray[np.int64]
@@ -76,6 +88,11 @@ class Batch(Generic[Ticket]):
     @property
     def charged_tokens(self) -> int:
         return sum(job.tokens for job in self.jobs)
+
+    @property
+    def texts(self) -> list[str]:
+        """The text of each row."""
+        return [job.text for job in self.jobs] + [text for job in self.jobs for text in job.extra_texts]
 
 
 class Batcher(Generic[Ticket]):
@@ -145,12 +162,16 @@ class Batcher(Generic[Ticket]):
 
     async def _tokenize(self, window: list[Job[Ticket]]) -> float:
         started = time.perf_counter()
-        encoded = await asyncio.to_thread(self._tokenizer.encode, [job.text for job in window])
+        texts = [job.text for job in window] + [text for job in window for text in job.extra_texts]
+        encoded = await asyncio.to_thread(self._tokenizer.encode, texts)
         elapsed = time.perf_counter() - started
         correction = 0
-        for job, (ids, truncated) in zip(window, encoded, strict=True):
-            correction += len(ids) - job.tokens
-            job.ids, job.truncated, job.tokens = ids, truncated, len(ids)
+        extras = iter(encoded[len(window) :])
+        for job, (ids, truncated) in zip(window, encoded[: len(window)], strict=True):
+            job.extra_ids = [next(extras)[0] for _ in job.extra_texts]
+            tokens = len(ids) + sum(len(extra) for extra in job.extra_ids)
+            correction += tokens - job.tokens
+            job.ids, job.truncated, job.tokens = ids, truncated, tokens
         async with self._changed:
             self.inflight_tokens += correction
             self._changed.notify_all()
@@ -163,12 +184,15 @@ class Batcher(Generic[Ticket]):
             tokenize_seconds = await self._tokenize(window)
             window.sort(key=lambda job: len(job.ids))
             lengths = [len(job.ids) for job in window]
-            for span in slice_by_budget(lengths, self._max_batch_tokens, self._max_batch_size, self._pad_multiple):
+            rows = [job.rows for job in window]
+            budget = (self._max_batch_tokens, self._max_batch_size, self._pad_multiple)
+            for span in slice_by_budget(lengths, *budget, rows=rows):
                 yield self.make_batch(window[span.start : span.stop], tokenize_seconds)
 
     def make_batch(self, jobs: list[Job[Ticket]], tokenize_seconds: float = 0.0) -> Batch[Ticket]:
-        """Pad tokenized jobs into one batch."""
-        input_ids, attention_mask = pad([job.ids for job in jobs], self._pad_multiple, self._tokenizer.pad_token_id)
+        """Pad tokenized jobs into one batch (their extra rows after them)."""
+        sequences = [job.ids for job in jobs] + [ids for job in jobs for ids in job.extra_ids]
+        input_ids, attention_mask = pad(sequences, self._pad_multiple, self._tokenizer.pad_token_id)
         return Batch(
             jobs=jobs,
             input_ids=input_ids,

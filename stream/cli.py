@@ -14,7 +14,7 @@ import typer
 
 from models.cli import app as models_app
 from models.cli import classify
-from stream.brands.cli import backtest_command
+from stream.brands.cli import aspects_eval_command, backtest_command
 from stream.kafka_auth import KafkaAuthenticationError
 from stream.settings import Settings
 
@@ -29,6 +29,7 @@ app = typer.Typer(help="socialpulse: real-time social media stream processor.", 
 app.add_typer(models_app, name="models")
 app.command("classify")(classify)
 app.command("backtest")(backtest_command)
+app.command("aspects-eval")(aspects_eval_command)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from stream.brands.aspects import Scored
 from stream.schema import BehaviourEvent, BrandMention, ModelRef, RejectReason, SentimentEvent, Timestamps
 from stream.validate import SourceRef, ValidPost
 
@@ -67,8 +68,10 @@ def compact_embedding(embedding: Embedding | None) -> bytes | None:
     return None if embedding is None else np.asarray(embedding, dtype="<f2").tobytes()
 
 
-def build_mention(valid: ValidPost, brand: str, labels: Labelled) -> BrandMention:
-    """One (post, brand) record for the brand monitor; the worker and the backtest build it alike."""
+def build_mention(valid: ValidPost, brand: str, labels: Labelled, own: Scored | None = None) -> BrandMention:
+    """One (post, brand) record for the brand monitor; the worker and the backtest build it alike.
+
+    `own`: the brand's own sentiment in a post naming several (stream/brands/aspects.py), else the post's."""
     post = valid.post
     return BrandMention(
         post_id=post.id,
@@ -79,8 +82,9 @@ def build_mention(valid: ValidPost, brand: str, labels: Labelled) -> BrandMentio
         followers=post.author.followers,
         platform=post.platform,
         language=valid.language,
-        sentiment=labels.sentiment,
-        sentiment_scores=labels.sentiment_scores,
+        sentiment=labels.sentiment if own is None else own.label,
+        sentiment_scores=labels.sentiment_scores if own is None else own.scores,
+        post_sentiment=labels.sentiment,
         behaviours=labels.behaviours,
         behaviour_scores=labels.behaviour_scores,
         embedding_f16=compact_embedding(labels.embedding),
@@ -99,6 +103,12 @@ class Enriched:
     behaviour_scores: dict[str, float]
     embedding: npt.NDArray[np.float32] | None
     truncated: bool
+    # A multi-brand post's sentiment per brand, where its spans were classified; other brands take the post's.
+    brand_sentiments: dict[str, Scored] = field(default_factory=dict)
+
+    def sentiment_of(self, brand: str) -> str:
+        own = self.brand_sentiments.get(brand)
+        return self.sentiment if own is None else own.label
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +232,7 @@ class Emitter:
             (self._topics.behaviour, key, self._encoder.encode(behaviour)),
         ]
         for brand in valid.brands:
-            mention = build_mention(valid, brand, enriched)
+            mention = build_mention(valid, brand, enriched, enriched.brand_sentiments.get(brand))
             records.append((self._topics.mentions, brand, self._encoder.encode(mention)))
         return records
 

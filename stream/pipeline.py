@@ -4,6 +4,9 @@ Ingest hands every record to `submit` with an ack callback. A record is acknowle
 becomes committable) only after every record produced from it, event or dead letter, was acknowledged
 by Kafka. Inference runs in one worker thread (ONNX Runtime releases the GIL) so the event loop keeps
 heartbeating; the next window is tokenized while the current batch runs.
+
+A post naming two or more brands is also classified per brand (stream/brands/aspects.py): each brand's span
+runs as an extra row of the post's batch, so posts naming one brand pay nothing for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy.typing as npt
 from models.manifest import Manifest
 from stream.backends.base import InferenceBackend
 from stream.batch import Batch, Batcher, Job
+from stream.brands.aspects import BrandSpan, Scored, brand_sentiments, split_brands
 from stream.brands.query import HintedBrands, Matcher, post_brands
 from stream.emit import Emitter, Enriched, now_ms
 from stream.infer import Prediction, predict
@@ -60,6 +64,8 @@ class Ticket:
     source: SourceRef
     ingested_at_ms: int
     ack: Ack
+    # Each brand's part of a post naming several (classified as the job's extra texts, in this order).
+    spans: tuple[BrandSpan, ...] = ()
 
 
 class PipelineFailed(RuntimeError):
@@ -81,6 +87,7 @@ class Pipeline:
         probe_attempts: int = 3,
         hinted_brands: int = 200,
         max_inflight_dead_letters: int = 1024,
+        brand_spans: bool = True,
     ) -> None:
         self._validator = validator
         self._batcher = batcher
@@ -91,6 +98,7 @@ class Pipeline:
         self._matcher = matcher
         self._observer = observer
         self._probe_attempts = probe_attempts
+        self._brand_spans = brand_spans
         self._hints = HintedBrands(hinted_brands)
         # Rejections skip the batcher and its token bound; without their own bound a flood of invalid records
         # under a slow broker grew one task per record without end.
@@ -134,9 +142,17 @@ class Pipeline:
             result = dataclasses.replace(result, brands=hinted)
         if self._matcher is not None:
             result = dataclasses.replace(result, brands=post_brands(result, self._matcher))
-        ticket = Ticket(valid=result, raw=raw or b"", source=source, ingested_at_ms=ingested_at_ms, ack=ack)
         text = result.post.text
-        return Job(text=text, ticket=ticket, tokens=self._batcher.estimate_tokens(text))
+        spans: list[BrandSpan] = []
+        if self._brand_spans and len(result.brands) > 1:
+            terms = self._matcher.brand_terms if self._matcher is not None else None
+            spans = split_brands(text, result.brands, terms) or []
+        ticket = Ticket(
+            valid=result, raw=raw or b"", source=source, ingested_at_ms=ingested_at_ms, ack=ack, spans=tuple(spans)
+        )
+        extra = [span.text for span in spans]
+        tokens = sum(self._batcher.estimate_tokens(t) for t in [text, *extra])
+        return Job(text=text, ticket=ticket, tokens=tokens, extra_texts=extra)
 
     async def run(self) -> None:
         """Prepare batches ahead and run them one at a time until cancelled."""
@@ -197,25 +213,29 @@ class Pipeline:
         if not task.cancelled() and task.exception() is not None:
             self._fail(str(task.exception()))
 
-    async def _run_backend(self, batch: Batch[Ticket]) -> list[Prediction]:
+    async def _run_backend(self, batch: Batch[Ticket]) -> list[list[Prediction]]:
+        """Per job: the post's prediction, then its extra texts' (the batch's rows regrouped by job)."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            return await loop.run_in_executor(
+            rows = await loop.run_in_executor(
                 self._inference_thread,
                 predict,
                 self._backend,
                 self._manifest,
                 batch.input_ids,
                 batch.attention_mask,
-                [job.text for job in batch.jobs],
+                batch.texts,
             )
+            posts, extras = rows[: len(batch.jobs)], iter(rows[len(batch.jobs) :])
+            jobs = zip(batch.jobs, posts, strict=True)
+            return [[post, *(next(extras) for _ in job.extra_texts)] for job, post in jobs]
         finally:
             elapsed = time.perf_counter() - started
             self._busy_seconds += elapsed
             self._metrics.stage.labels("inference").observe(elapsed)
 
-    async def _infer(self, batch: Batch[Ticket]) -> list[Prediction | None]:
+    async def _infer(self, batch: Batch[Ticket]) -> list[list[Prediction] | None]:
         metrics = self._metrics
         metrics.stage.labels("queue").observe(batch.queue_seconds)
         metrics.stage.labels("tokenize").observe(batch.tokenize_seconds)
@@ -223,7 +243,7 @@ class Pipeline:
         metrics.batch_tokens.observe(batch.padded_tokens)
         metrics.padding_ratio.set(1.0 - batch.real_tokens / batch.padded_tokens)
         try:
-            predictions: list[Prediction | None] = list(await self._run_backend(batch))
+            predictions: list[list[Prediction] | None] = list(await self._run_backend(batch))
         except Exception:
             log.exception("batch of %d failed in inference; retrying its posts one by one", len(batch.jobs))
         else:
@@ -245,7 +265,7 @@ class Pipeline:
             )
         return [None if isinstance(r, BaseException) else r for r in results]
 
-    async def _infer_alone(self, job: Job[Ticket]) -> Prediction | BaseException:
+    async def _infer_alone(self, job: Job[Ticket]) -> list[Prediction] | BaseException:
         try:
             return (await self._run_backend(self._batcher.make_batch([job])))[0]
         except Exception as error:
@@ -265,9 +285,11 @@ class Pipeline:
                 log.exception("inference probe %d of %d failed", attempt + 1, self._probe_attempts)
         return False
 
-    def _enrich(self, job: Job[Ticket], prediction: Prediction) -> Enriched:
+    def _enrich(self, job: Job[Ticket], predictions: list[Prediction]) -> Enriched:
+        prediction, *span_predictions = predictions
         sentiment = prediction.heads[SENTIMENT_HEAD]
         behaviour = prediction.heads.get(BEHAVIOUR_HEAD)
+        own = [Scored(p.heads[SENTIMENT_HEAD].labels[0], p.heads[SENTIMENT_HEAD].scores) for p in span_predictions]
         return Enriched(
             valid=job.ticket.valid,
             ingested_at_ms=job.ticket.ingested_at_ms,
@@ -277,9 +299,10 @@ class Pipeline:
             behaviour_scores=behaviour.scores if behaviour else {},
             embedding=prediction.embedding,
             truncated=job.truncated,
+            brand_sentiments=brand_sentiments(job.ticket.spans, own) if own else {},
         )
 
-    async def _complete(self, batch: Batch[Ticket], predictions: list[Prediction | None]) -> None:
+    async def _complete(self, batch: Batch[Ticket], predictions: list[list[Prediction] | None]) -> None:
         served = [(job, prediction) for job, prediction in zip(batch.jobs, predictions, strict=True) if prediction]
         enriched = [self._enrich(job, prediction) for job, prediction in served]
         started = time.perf_counter()
@@ -296,15 +319,15 @@ class Pipeline:
         metrics.posts_delivered.inc(len(enriched))
         # Labelled series are counted per batch first: a labels() lookup per post and series was a visible
         # share of the worker's time at a few thousand posts/s (py-spy).
-        brand_sentiments: Counter[tuple[str, str]] = Counter()
+        per_brand: Counter[tuple[str, str]] = Counter()
         for post in enriched:
             # A producer's clock may run ahead of ours; a negative latency is clamped, not recorded.
             metrics.e2e_created.observe(max(0.0, (delivered_ms - post.valid.created_at_ms) / 1000))
             metrics.e2e_ingest.observe((delivered_ms - post.ingested_at_ms) / 1000)
             for brand in post.valid.brands:
-                brand_sentiments[brand, post.sentiment] += 1
+                per_brand[brand, post.sentiment_of(brand)] += 1
         brand_posts: Counter[str] = Counter()
-        for (brand, sentiment), count in brand_sentiments.items():
+        for (brand, sentiment), count in per_brand.items():
             brand_posts[brand] += count
             metrics.brand_sentiment.labels(brand, sentiment).inc(count)
         for brand, count in brand_posts.items():
@@ -316,7 +339,7 @@ class Pipeline:
             self._observer.record_batch(
                 delivered_ms / 1000,
                 posts=len(enriched),
-                brands_sentiments=[(brand, post.sentiment) for post in enriched for brand in post.valid.brands],
+                brands_sentiments=[(b, post.sentiment_of(b)) for post in enriched for b in post.valid.brands],
                 languages=[post.valid.language for post in enriched],
             )
 

@@ -95,7 +95,10 @@ class BehaviourEvent(PostEvent, frozen=True, kw_only=True):
 
 
 class BrandMention(msgspec.Struct, frozen=True):
-    """One (post, brand) pair, keyed by brand, for windowed aggregation and alerting."""
+    """One (post, brand) pair, keyed by brand, for windowed aggregation and alerting.
+
+    `sentiment` and `sentiment_scores` are the brand's: in a post naming several brands, those of the part
+    of the text about it (docs/BRANDS.md, Per-brand sentiment); `post_sentiment` is the whole post's label."""
 
     post_id: str
     brand: str
@@ -111,3 +114,5 @@ class BrandMention(msgspec.Struct, frozen=True):
     behaviour_scores: dict[str, float]
     # The pooled embedding as little-endian float16 (base64 in JSON); see emit.compact_embedding.
     embedding_f16: bytes | None = None
+    # None in mentions written before per-brand sentiment.
+    post_sentiment: str | None = None

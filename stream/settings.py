@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     brands_file: Path | None = Field(
         None, description="YAML brand queries (docs/BRANDS.md); none disables matching and brand monitoring."
     )
+    brand_spans: bool = Field(
+        True,
+        description="Classify each brand's part of a post naming several (one extra model row per such brand, "
+        "in the post's batch), so its mentions carry the brand's own sentiment; false: every brand takes the "
+        "post's.",
+    )
     brands_webhook_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to {url}/api/v2/alerts. None disables."
     )

@@ -209,6 +209,7 @@ class PipelineService(Service):
             probe_attempts=settings.inference_probe_attempts,
             hinted_brands=settings.max_hinted_brands,
             max_inflight_dead_letters=settings.max_inflight_dead_letters,
+            brand_spans=settings.brand_spans,
         )
         self.add_future(self._pipeline.run())
         self.add_future(self._watch_failure(self._pipeline))

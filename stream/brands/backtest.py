@@ -14,6 +14,7 @@ from typing import Protocol
 
 import msgspec
 
+from stream.brands.aspects import Scored, brand_sentiments, split_brands
 from stream.brands.model import Alert, AuthorEscalation, BrandStats, FlaggedMention, Output, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
@@ -141,20 +142,33 @@ def brand_mentions(
     classify: Classifier | None,
     batch_size: int = 256,
 ) -> Iterator[BrandMention]:
-    """The mentions the worker would publish for these posts, in event time."""
+    """The mentions the worker would publish for these posts, in event time: a classified post naming several
+    brands gives each its own sentiment, from its span classified in the same call (stream/brands/aspects.py)."""
     for start in range(0, len(valid), batch_size):
         chunk = valid[start : start + batch_size]
         matched = [(v, labels, post_brands(v, catalog)) for v, labels in chunk]
-        unlabelled = [v.post.text for v, labels, brands in matched if brands and labels.sentiment is None]
+        unlabelled = [(v, brands) for v, labels, brands in matched if brands and labels.sentiment is None]
         if unlabelled and classify is None:
             raise ValueError("posts without sentiment labels need a classifier (build the model first)")
-        classified = iter(classify(unlabelled) if unlabelled and classify is not None else [])
+        spans = [split_brands(v.post.text, brands, catalog.brand_terms) or [] for v, brands in unlabelled]
+        texts = [v.post.text for v, _ in unlabelled] + [span.text for found in spans for span in found]
+        results = iter(classify(texts) if texts and classify is not None else [])
+        posts = iter([next(results) for _ in unlabelled])
+        own = iter([brand_sentiments(found, [_scored(next(results)) for _ in found]) for found in spans])
         for v, labels, brands in matched:
             if not brands:
                 continue
-            classification = _labelled(labels) if labels.sentiment is not None else next(classified)
+            by_brand: dict[str, Scored] = {}
+            if labels.sentiment is not None:
+                classification = _labelled(labels)
+            else:
+                classification, by_brand = next(posts), next(own)
             for brand in brands:
-                yield build_mention(v, brand, classification)
+                yield build_mention(v, brand, classification, by_brand.get(brand))
+
+
+def _scored(classification: Classification) -> Scored:
+    return Scored(classification.sentiment, classification.sentiment_scores)
 
 
 def _labelled(labels: _Labels) -> Classification:

@@ -53,3 +53,26 @@ def backtest_command(
         )
     if not result.alerts:
         typer.echo("no alerts")
+
+
+def aspects_eval_command(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the reports as one JSON object.")] = False,
+    model_dir: Annotated[Path | None, typer.Option(help="Model (default: SOCIALPULSE_MODEL_DIR).")] = None,
+) -> None:
+    """Per-brand sentiment on the hand-written multi-brand set: the post label for every brand vs its own span."""
+    from stream.brands.aspects_eval import SPLITS, evaluate, onnx_classify
+
+    results = evaluate(onnx_classify(model_dir or Settings().model_dir))
+    if json_output:
+        typer.echo(json.dumps(results))
+        return
+    typer.echo(f"{'split':<6} {'posts':>5} {'brands':>6}  {'method':<10} {'accuracy':>8} {'macro-F1':>8}")
+    for split in SPLITS:
+        result = results[split]
+        for method in ("post_level", "per_brand"):
+            report = result[method]
+            typer.echo(
+                f"{split:<6} {result['posts']:>5} {report['test_size']:>6}  {method:<10} "
+                f"{report['accuracy']:>8.3f} {report['macro_f1']:>8.3f}"
+            )
+        typer.echo(f"{'':<21}{'gain':<10} {result['accuracy_gain']:>+8.3f} {result['macro_f1_gain']:>+8.3f}")

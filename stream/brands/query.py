@@ -547,12 +547,14 @@ class BrandCatalog:
     source: str = "<brands>"
     _index: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _names: frozenset[str] = field(default=frozenset(), repr=False)
+    _terms: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for number, query in enumerate(self.queries):
             for key in query.triggers:
                 self._index.setdefault(key, []).append(number)
         self._names = frozenset(q.brand for q in self.queries)
+        self._terms = {q.brand: frozenset(key.lstrip("#@") for key in q.triggers) for q in self.queries}
 
     @property
     def brands(self) -> list[str]:
@@ -561,6 +563,12 @@ class BrandCatalog:
     @property
     def brand_names(self) -> frozenset[str]:
         return self._names
+
+    @property
+    def brand_terms(self) -> Mapping[str, frozenset[str]]:
+        """Per brand, the words a post it matches contains one of (its query's triggers, without # and @): where
+        a brand is named in a text (stream/brands/aspects.py)."""
+        return self._terms
 
     def match_index(self, post: PostIndex) -> list[str]:
         index = self._index
@@ -681,6 +689,9 @@ class Matcher(Protocol):
     @property
     def brand_names(self) -> frozenset[str]: ...
 
+    @property
+    def brand_terms(self) -> Mapping[str, frozenset[str]]: ...
+
 
 def post_brands(valid: ValidPost, matcher: Matcher) -> list[str]:
     """The brands a post is about: the source's brand hints, then the matched brands, each once."""
@@ -759,3 +770,7 @@ class ReloadingCatalog:
     @property
     def brand_names(self) -> frozenset[str]:
         return self.catalog.brand_names
+
+    @property
+    def brand_terms(self) -> Mapping[str, frozenset[str]]:
+        return self.catalog.brand_terms

@@ -132,3 +132,23 @@ async def test_put_blocks_at_inflight_bound_until_release(tokenizer_file: Path) 
     await batcher.release(6)
     await asyncio.wait_for(third, timeout=1)
     assert batcher.inflight_tokens == 12
+
+
+def test_rows_count_toward_batch_size() -> None:
+    # Three posts, the second with two extra rows: four rows fit a batch of size 4, five do not.
+    assert slice_by_budget([5, 5, 5], max_tokens=1_000, max_size=4, multiple=8, rows=[1, 3, 1]) == [
+        range(0, 2),
+        range(2, 3),
+    ]
+
+
+async def test_extra_texts_run_as_rows_after_the_jobs(tokenizer_file: Path) -> None:
+    batcher = make_batcher(tokenizer_file)
+    await batcher.put(Job(text=text_of(6), ticket=0, tokens=8, extra_texts=[text_of(2), text_of(3)]))
+    await batcher.put(Job(text=text_of(4), ticket=1, tokens=6))
+    (batch,) = await collect(batcher, 2)
+    assert [job.ticket for job in batch.jobs] == [1, 0]
+    assert batch.texts == [text_of(4), text_of(6), text_of(2), text_of(3)]
+    assert batch.attention_mask.sum(axis=1).tolist() == [6, 8, 4, 5]
+    # The in-flight bound is charged for the extra rows too.
+    assert batch.charged_tokens == batcher.inflight_tokens == 6 + 8 + 4 + 5
