@@ -76,6 +76,20 @@ def test_a_bad_set_is_refused_with_its_place_in_the_file(sets: str, line: int, c
     assert str(caught.value).startswith(f"brands.yaml:{line}:{column}: ")
 
 
+def test_the_worker_refuses_a_bad_set_at_start(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    brands = tmp_path / "brands.yaml"
+    brands.write_text(BRANDS + "competitor_sets:\n  rivals: [Acme, Umbrella]\n", encoding="utf-8")
+    env = {"SOCIALPULSE_BRANDS_FILE": str(brands), "SOCIALPULSE_DATA_DIR": str(tmp_path / "faust")}
+    for role in ("all", "brands"):
+        result = CliRunner().invoke(app, ["run", "--role", role], env=env)
+        assert result.exit_code == 2, result.output
+        assert f"{brands}:6:18: competitor set 'rivals': 'Umbrella' is not a brand under `brands:`" in result.output
+
+
 # ------------------------------------------------------------------------------------------ aggregation
 
 
