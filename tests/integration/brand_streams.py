@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -16,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from stream.brands.backtest import Classification
-from stream.brands.model import BrandStats, Output, StoryUpdate
+from stream.brands.model import BrandStats, Output, ShareOfVoice, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.stories import StoryTracker
@@ -92,6 +94,7 @@ async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, d
             settings.brand_stats_topic,
             settings.alerts_topic,
             settings.stories_topic,
+            settings.share_topic,
             settings.dlq_topic,
         ]
         names = dict.fromkeys([*own, *(configs or {})])
@@ -192,31 +195,63 @@ async def read_stats(
 
 
 StoryKey = tuple[str, str, int]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def story_key(update: StoryUpdate) -> StoryKey:
     return (update.story_id, update.event, update.window.start)
 
 
-async def read_stories(
-    bootstrap: str, topic: str, expect: set[StoryKey], timeout: float
-) -> dict[StoryKey, StoryUpdate]:
-    """The story records, deduplicated by (story, event, window) (a record sent twice must be the same), read
+async def read_keyed(
+    bootstrap: str,
+    topic: str,
+    pick: Callable[[ConsumerRecord[bytes, bytes]], tuple[K, V] | None],
+    expect: set[K],
+    timeout: float,
+) -> dict[K, V]:
+    """The records `pick` keys (None: skipped), deduplicated by key (a record sent twice must be the same), read
     until every key of `expect` is in or at the timeout."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
-    found: dict[StoryKey, StoryUpdate] = {}
+    found: dict[K, V] = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not expect <= found.keys():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    update = msgspec.json.decode(record.value or b"", type=StoryUpdate)
-                    assert record.key == update.brand.encode(), record
-                    assert found.setdefault(story_key(update), update) == update, (found[story_key(update)], update)
+                    if (picked := pick(record)) is not None:
+                        key, value = picked
+                        assert found.setdefault(key, value) == value, (found[key], value)
     finally:
         await consumer.stop()
     return found
+
+
+async def read_stories(
+    bootstrap: str, topic: str, expect: set[StoryKey], timeout: float
+) -> dict[StoryKey, StoryUpdate]:
+    """The story records by (story, event, window)."""
+
+    def pick(record: ConsumerRecord[bytes, bytes]) -> tuple[StoryKey, StoryUpdate]:
+        update = msgspec.json.decode(record.value or b"", type=StoryUpdate)
+        assert record.key == update.brand.encode(), record
+        return story_key(update), update
+
+    return await read_keyed(bootstrap, topic, pick, expect, timeout)
+
+
+async def read_shares(bootstrap: str, topic: str, expect: set[int], timeout: float) -> dict[int, ShareOfVoice]:
+    """The share-of-voice records on the stats topic, by window start."""
+
+    def pick(record: ConsumerRecord[bytes, bytes]) -> tuple[int, ShareOfVoice] | None:
+        output = OutputUnion.decode(record.value or b"")
+        if not isinstance(output, ShareOfVoice):
+            return None
+        assert record.key == output.competitor_set.encode(), record
+        return output.window.start, output
+
+    return await read_keyed(bootstrap, topic, pick, expect, timeout)
 
 
 async def read_records(bootstrap: str, topic: str, expect: int, timeout: float) -> list[ConsumerRecord[bytes, bytes]]:
