@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
@@ -192,6 +193,30 @@ async def read_stats(
     finally:
         await consumer.stop()
     return found
+
+
+def check_shares(
+    shares: Mapping[int, ShareOfVoice], stats: Mapping[tuple[str, str, int], BrandStats], members: Sequence[str]
+) -> None:
+    """One share record per window in which a member had a tumbling stat, none missing a member, each member's
+    counts those of its stat (0 without one), and the shares those counts imply (null where a total is 0)."""
+    windows = {start for brand, kind, start in stats if brand in members and kind == "tumbling"}
+    assert shares.keys() == windows, (sorted(shares), sorted(windows))
+    for start, record in shares.items():
+        assert record.missing == [], start
+        rows = []
+        for brand in members:
+            s = stats.get((brand, "tumbling", start))
+            rows.append((brand, *((s.posts, s.sentiment.get("negative", 0), s.reach) if s else (0, 0, 0))))
+        assert [(b.brand, b.mentions, b.negative, b.reach) for b in record.brands] == rows, start
+        for n, measure in enumerate(("mentions", "negative", "reach"), start=1):
+            total = sum(row[n] for row in rows)
+            assert getattr(record, measure) == total
+            values = [getattr(b, f"{measure.removesuffix('s')}_share") for b in record.brands]
+            assert values == ([row[n] / total for row in rows] if total else [None] * len(rows)), (start, measure)
+            assert (measure in record.empty) == (total == 0)
+            if total:
+                assert sum(values) == pytest.approx(1.0)
 
 
 StoryKey = tuple[str, str, int]
