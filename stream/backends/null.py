@@ -45,5 +45,5 @@ class NullBackend:
         # A batch of one post over the limit is still served: repeat rows rather than fail.
         return {name: np.resize(rows, (batch, rows.shape[1])) for name, rows in self._rows.items()}
 
-    def warmup(self, batch_size: int, seq_lens: Iterable[int]) -> None:
+    def warmup(self, shapes: Iterable[tuple[int, int]]) -> None:
         return None

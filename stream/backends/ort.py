@@ -92,8 +92,8 @@ class OrtBackend:
             name: np.asarray(value, dtype=np.float32) for name, value in zip(self._output_names, values, strict=True)
         }
 
-    def warmup(self, batch_size: int, seq_lens: Iterable[int]) -> None:
-        """Run each length bucket once so kernels, arenas (and TensorRT engines) exist before traffic."""
-        for seq_len in seq_lens:
+    def warmup(self, shapes: Iterable[tuple[int, int]]) -> None:
+        """Run each shape once so kernels, the memory arena (and TensorRT engines) exist before traffic."""
+        for batch_size, seq_len in shapes:
             ids = np.ones((batch_size, seq_len), dtype=np.int64)
             self.run(ids, np.ones_like(ids))

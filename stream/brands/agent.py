@@ -26,10 +26,11 @@ recognised by its offset, a post the pipeline emitted twice by its author's hist
 an output may be sent twice, and carries a stable id (alert_id; brand + window for stats).
 
 Commits (the pipeline's rule, stream/ingest.py): the stream is `noack()` and the mentions topic's offsets
-come from the commit sequencer. A record is done once its outputs and the table flush that holds its state
-writes are acknowledged by Kafka; a send that fails stops the worker with nothing committed past it. A
-record the monitor cannot handle goes to the dead-letter topic (`invalid_mention`, `internal_error`), and
-its partition's state is rolled back to the last flush and the records since replayed, so no half-made
+come from the commit sequencer. A record is done once its outputs and then the table flush that holds its
+state writes are acknowledged by Kafka (outputs first: a replay skips what a restored state holds); a send
+that fails stops the worker with nothing committed past it. A record the monitor cannot handle goes to the
+dead-letter topic (`invalid_mention`, `internal_error`), and its partition's state is rolled back to the
+last flush and the records since replayed, so no half-made
 change of the failed record is kept.
 """
 
@@ -86,8 +87,8 @@ class StructTable(MutableMapping[str, T], Generic[T]):
     value of every waiting key to the Faust table and its changelog. A brand's state is up to a few hundred kB
     of JSON once its windows and dedupe memory fill; written through on every mention, the changelog took 9 GB
     over a few demo runs and Faust's producer buffer backed the whole worker up (demo e2e p50 ~1.6 s).
-    `CommitFlush` flushes as each offset commit begins: Faust then flushes its producer before it
-    commits, so no committed record's state is left behind (Kafka Streams' state-store cache does the same).
+    `CommitFlush` stages as each offset commit begins (Kafka Streams' state-store cache does the same); the
+    staged writes go to the changelog once the outputs of the records they hold are acknowledged.
     """
 
     def __init__(self, table: Any, type_: type[T]) -> None:
@@ -139,24 +140,33 @@ class StructTable(MutableMapping[str, T], Generic[T]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def flush(self) -> list[Awaitable[Any]]:
-        """Store every waiting write and send it to the changelog partition of the record that made it (what
-        Faust's own table writes use, so recovery restores each key with its partition); returns the sends,
-        which resolve when Kafka acknowledges them."""
+    def stage(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Store every waiting write in the table (reads see it from now on) and return them as (partition of
+        the record that made it, key, bytes; None: deleted) for `send`."""
         unflushed, self._unflushed = self._unflushed, {}
-        sends: list[Awaitable[Any]] = []
+        staged: list[tuple[int, bytes, bytes | None]] = []
         for key, (partition, value) in unflushed.items():
             stored = key.encode()
             if value is None:
                 self._decoded.pop(key, None)
                 self._table.data.pop(stored, None)
-                sends.append(self._table.send_changelog(partition, stored, None, value_serializer="raw"))
+                staged.append((partition, stored, None))
             else:
                 raw = self._encoder.encode(value)
                 self._table.data[stored] = raw
-                sends.append(self._table.send_changelog(partition, stored, raw))
                 self._decoded[key] = (raw, value)
-        return sends
+                staged.append((partition, stored, raw))
+        return staged
+
+    def send(self, staged: list[tuple[int, bytes, bytes | None]]) -> list[Awaitable[Any]]:
+        """Send staged writes to the changelog partition of the record that made each (what Faust's own table
+        writes use, so recovery restores each key with its partition); the sends resolve when Kafka acks."""
+        return [
+            self._table.send_changelog(partition, key, raw, value_serializer="raw")
+            if raw is None
+            else self._table.send_changelog(partition, key, raw)
+            for partition, key, raw in staged
+        ]
 
     def discard(self, partitions: set[int]) -> None:
         """Forget the waiting writes of `partitions`: back to what the last flush stored.
@@ -192,6 +202,8 @@ class Handled:
 
     event: Any
     done: Callable[[], None]
+    # Resolves once every output is handed to the producer (`sends` complete).
+    emitted: asyncio.Future[None]
     sends: list[Awaitable[Any]] = field(default_factory=list)
     # The record's bytes while its state changes may have to be replayed; None for a dead-lettered one.
     replay: bytes | None = None
@@ -265,7 +277,8 @@ class BrandAgents:
         # The clocks as the last flush left them, and the records handled since, per source partition.
         self._flushed_clocks: tuple[dict[int, tuple[int, int]], dict[int, int | None]] = ({}, {})
         self._handled: dict[TP, list[Handled]] = {}
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
+        self._last_settle: asyncio.Future[None] | None = None
         # topic -> the agent's noack stream of it, which acks its records.
         self.streams: dict[str, Any] = {}
         self._encoder = msgspec.json.Encoder()
@@ -336,11 +349,14 @@ class BrandAgents:
         flush."""
         message = event.message
         partition = message.partition
-        handled = Handled(event, self.sequencer.track(message.tp, message.offset))
+        handled = Handled(
+            event, self.sequencer.track(message.tp, message.offset), asyncio.get_running_loop().create_future()
+        )
+        # Registered before anything can yield: a commit that begins while the outputs are being sent stages
+        # this record's state, so that flush must hold the record too and wait for its outputs.
+        self._handled.setdefault(message.tp, []).append(handled)
         try:
             outputs = self.apply(message, event.value)
-            handled.sends = await self.emit(outputs)
-            handled.replay = event.value
         except Exception as error:
             undecodable = isinstance(error, msgspec.DecodeError)
             reason = RejectReason.INVALID_MENTION if undecodable else RejectReason.INTERNAL_ERROR
@@ -352,7 +368,18 @@ class BrandAgents:
             handled.sends = [
                 await self.dead_letters.send(key=letter.key.encode(), value=letter.value, headers=letter.headers)
             ]
-        self._handled.setdefault(message.tp, []).append(handled)
+            handled.emitted.set_result(None)
+            return
+        handled.replay = event.value
+        try:
+            handled.sends = await self.emit(outputs)
+        except Exception as error:
+            # The record's state may already be staged: it cannot be undone, and it must not be committed.
+            log.error("brand monitor: an output could not be handed to the producer, stopping: %r", error)
+            handled.emitted.set_exception(error)
+            await self.app.crash(error)
+            return
+        handled.emitted.set_result(None)
 
     def _roll_back(self, tp: TP) -> None:
         """Undo what the failed record changed: its partition's state back to the last flush, then the records
@@ -372,19 +399,33 @@ class BrandAgents:
                 self.apply(handled.event.message, handled.replay)
 
     def flush(self) -> None:
-        """Send every waiting state write; the records handled so far settle once it and their outputs are acked."""
-        changelog = [send for tables in self.tables.values() for table in tables for send in table.flush()]
+        """Stage every waiting state write; the records handled so far settle once their outputs and then those
+        writes are acknowledged."""
+        staged = [(table, table.stage()) for tables in self.tables.values() for table in tables]
         handled = [h for records in self._handled.values() for h in records]
         self._handled = {}
         self._flushed_clocks = (dict(self._clocks), dict(self._due))
-        if handled or changelog:
-            task = asyncio.ensure_future(self._settle(handled, changelog))
+        if handled or any(writes for _, writes in staged):
+            task = asyncio.ensure_future(self._settle(handled, staged, self._last_settle))
+            self._last_settle = task
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, handled: list[Handled], changelog: list[Awaitable[Any]]) -> None:
+    async def _settle(
+        self,
+        handled: list[Handled],
+        staged: list[tuple[StructTable[Any], list[tuple[int, bytes, bytes | None]]]],
+        previous: asyncio.Future[None] | None,
+    ) -> None:
         try:
-            await asyncio.gather(*changelog, *(send for h in handled for send in h.sends))
+            if previous is not None:
+                # A key's writes must reach its changelog in the order they were made.
+                await previous
+            await asyncio.gather(*(h.emitted for h in handled))
+            # Outputs before state: a replay skips the records a restored state holds (applied offsets), so
+            # their outputs must be in Kafka before that state is.
+            await asyncio.gather(*(send for h in handled for send in h.sends))
+            await asyncio.gather(*(send for table, writes in staged for send in table.send(writes)))
         except Exception as error:
             # Acking now would commit records whose state or outputs Kafka does not have.
             log.error("brand monitor: a state write or output was not acknowledged, stopping: %r", error)
