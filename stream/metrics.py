@@ -95,6 +95,13 @@ class Metrics:
             ["brand", "sentiment"],
             registry=r,
         )
+        self.brand_share = Gauge(
+            "socialpulse_brand_share_of_voice",
+            "A brand's share of its competitor set in the set's last published window, by measure (mentions, "
+            "negative, reach); NaN when the set's total is 0. Only the brands file's sets and members.",
+            ["set", "brand", "measure"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "socialpulse_consumer_lag_records",
             "End offset minus committed offset, per input partition.",

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     brand_stats_topic: str = "social.brand_stats"
     alerts_topic: str = "social.alerts"
     stories_topic: str = Field("social.stories", description="Story updates (born, growing, faded), keyed by brand.")
+    share_topic: str = Field(
+        "social.brand_share",
+        description="Internal: members' closed windows re-keyed by competitor set, for share of voice.",
+    )
     topic_partitions: int = Field(4, description="Partitions for topics the worker creates.")
     topic_replication_factor: int = Field(
         1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -20,7 +21,9 @@ from models.manifest import Manifest, load_manifest
 from stream.backends import InferenceBackend, select_backend
 from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
+from stream.brands.model import ShareOfVoice
 from stream.brands.query import Matcher, ReloadingCatalog
+from stream.brands.share import MEASURES, CompetitorSets
 from stream.emit import Emitter, Topics
 from stream.ingest import OffsetSequencer, register_ingest, worker_transport
 from stream.kafka_auth import start_client
@@ -301,6 +304,7 @@ async def ensure_topics(settings: Settings, extra_topics: Iterable[str] = ()) ->
             settings.brand_stats_topic,
             settings.alerts_topic,
             settings.stories_topic,
+            settings.share_topic,
         ]
         missing = [
             NewTopic(
@@ -405,6 +409,16 @@ class RoleError(ValueError):
     """The settings ask for a role that cannot run as configured."""
 
 
+def record_share(metrics: Metrics, share: ShareOfVoice) -> None:
+    """The share gauge: each member's shares of the set's last published window."""
+    for member in share.brands:
+        for measure, value in zip(
+            MEASURES, (member.mention_share, member.negative_share, member.reach_share), strict=True
+        ):
+            gauge = metrics.brand_share.labels(share.competitor_set, member.brand, measure)
+            gauge.set(math.nan if value is None else value)
+
+
 def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, PipelineService | None]:
     """The Faust app of settings.role: the ingest pipeline, the brand monitor, or both (the default).
 
@@ -426,7 +440,14 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
         register_ingest(app, settings, service.pipeline)
     if settings.role in ("all", "brands") and settings.brands_file:
         register_brand_agents(
-            app, settings, webhook_url=settings.brands_webhook_url, on_alert=alerts.record, on_stats=timeline.record
+            app,
+            settings,
+            webhook_url=settings.brands_webhook_url,
+            on_alert=alerts.record,
+            on_stats=timeline.record,
+            # Read once: a changed set takes effect at the next start (the queries reload while running).
+            sets=CompetitorSets.from_yaml(settings.brands_file),
+            on_share=lambda share: record_share(metrics, share),
         )
 
     def count_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -11,6 +11,10 @@
 - Output: BrandStats and FlaggedMention to settings.brand_stats_topic; Alert and AuthorEscalation to
   settings.alerts_topic; StoryUpdate to settings.stories_topic; alerts also to an Alertmanager webhook when
   one is configured.
+- Share of voice (with competitor sets, stream/brands/share.py): closing windows of a set's member also
+  sends a ShareContribution to settings.share_topic, keyed by set; a second agent reads that topic into
+  `brand-share-state` (set -> ShareState) and sends ShareOfVoice to settings.brand_stats_topic. Its records
+  are handled, flushed and committed by the same rules as the mentions.
 
 Watermark rule (per partition): event time is the largest created_at seen on the partition; a window closes
 when that passes its end + allowed lateness. So that windows also close when posts stop, a timer writes a
@@ -43,8 +47,20 @@ import faust
 import msgspec
 from faust.types import TP
 
-from stream.brands.model import Alert, AuthorEscalation, AuthorState, BrandState, BrandStats, Output, StoryUpdate
+from stream.brands.model import (
+    Alert,
+    AuthorEscalation,
+    AuthorState,
+    BrandState,
+    BrandStats,
+    Output,
+    ShareContribution,
+    ShareOfVoice,
+    ShareState,
+    StoryUpdate,
+)
 from stream.brands.monitor import BrandMonitor, MonitorConfig
+from stream.brands.share import CompetitorSets, ShareAggregator, contributions
 from stream.brands.stories import StoryConfig, StoryState, StoryTracker
 from stream.brands.webhook import AlertmanagerWebhook, WebhookError
 from stream.emit import dead_letter_record
@@ -57,6 +73,7 @@ log = logging.getLogger(__name__)
 
 TICK_KEY = b"\x00socialpulse.tick"
 T = TypeVar("T")
+Emitted = Output | ShareContribution
 
 
 class Tick(msgspec.Struct, frozen=True):
@@ -205,6 +222,8 @@ class BrandAgents:
         idle_s: float,
         on_alert: Callable[[Alert], None] | None = None,
         on_stats: Callable[[BrandStats], None] | None = None,
+        sets: CompetitorSets | None = None,
+        on_share: Callable[[ShareOfVoice], None] | None = None,
     ) -> None:
         partitions = settings.topic_partitions
         self.app = app
@@ -233,38 +252,61 @@ class BrandAgents:
         # offset is still counted by its brand), else a worker killed between the two would restart with the
         # record applied and missing from its author's history. Stories keep their own applied offset and
         # skip what they hold, so they go before the states for the same reason.
-        self.tables: tuple[StructTable[Any], ...] = (authors, stories, self.index, states)
+        mention_tables: tuple[StructTable[Any], ...] = (authors, stories, self.index, states)
+        # topic -> the tables its records change, in flush order.
+        self.tables: dict[str, tuple[StructTable[Any], ...]] = {settings.mentions_topic: mention_tables}
+        self.sets = sets or CompetitorSets()
+        self.share_topic = app.topic(settings.share_topic, key_type=bytes, value_type=bytes, partitions=partitions)
+        self.share: ShareAggregator | None = None
+        if self.sets:
+            self.sequencer.govern(settings.share_topic)
+            self.share_table = app.Table("brand-share-state", key_type=bytes, value_type=bytes, partitions=partitions)
+            share_states = StructTable(self.share_table, ShareState)
+            self.share = ShareAggregator(
+                self.sets, config.window_s, config.share_wait_windows, config.share_max_pending_windows, share_states
+            )
+            self.tables[settings.share_topic] = (share_states,)
         self.webhook = webhook
         self.webhook_queue: asyncio.Queue[Alert] | None = None
         self.on_alert = on_alert
         self.on_stats = on_stats
+        self.on_share = on_share
         # partition -> (event time, wall ms when it was last raised by a mention); in memory only.
         self._clocks: dict[int, tuple[int, int]] = {}
         self._due: dict[int, int | None] = {}
-        # The clocks as the last flush left them, and the records handled since, per partition.
+        # The clocks as the last flush left them, and the records handled since, per source partition.
         self._flushed_clocks: tuple[dict[int, tuple[int, int]], dict[int, int | None]] = ({}, {})
-        self._handled: dict[int, list[Handled]] = {}
+        self._handled: dict[TP, list[Handled]] = {}
         self._settling: set[asyncio.Future[None]] = set()
         self._last_settle: asyncio.Future[None] | None = None
-        self.stream: Any = None
+        # topic -> the agent's noack stream of it, which acks its records.
+        self.streams: dict[str, Any] = {}
         self._encoder = msgspec.json.Encoder()
         self._mention_decoder = msgspec.json.Decoder(BrandMention)
         self._tick_decoder = msgspec.json.Decoder(Tick)
+        self._share_decoder = msgspec.json.Decoder(ShareContribution)
 
     def _brands(self, partition: int) -> list[str]:
         return self.index.get(f"p{partition}") or []
 
-    def _advance(self, partition: int, now_ms: int) -> list[Output]:
+    def _advance(self, partition: int, now_ms: int) -> list[Emitted]:
         due = self._due.get(partition)
         if due is not None and now_ms < due:
             return []
         brands = self._brands(partition)
-        outputs = self.monitor.advance(now_ms, brands)
+        members = [b for b in brands if self.sets.of(b)]
+        before = self._closed_until(members)
+        closed = self.monitor.advance(now_ms, brands)
+        outputs: list[Emitted] = [*closed, *contributions(self.sets, before, self._closed_until(members), closed)]
         dues = [d for d in (self.monitor.next_close_ms(b) for b in brands) if d is not None]
         self._due[partition] = min(dues) if dues else None
         return outputs
 
-    def on_mention(self, partition: int, offset: int, raw: bytes) -> list[Output]:
+    def _closed_until(self, brands: list[str]) -> dict[str, int]:
+        states = ((b, self.monitor.brands.get(b)) for b in brands)
+        return {b: state.closed_until for b, state in states if state is not None}
+
+    def on_mention(self, partition: int, offset: int, raw: bytes) -> list[Emitted]:
         mention = self._mention_decoder.decode(raw)
         clock = self._clocks.get(partition, (0, 0))
         if mention.created_at > clock[0]:
@@ -280,7 +322,7 @@ class BrandAgents:
             self._due[partition] = due
         return outputs
 
-    def on_tick(self, partition: int, raw: bytes) -> list[Output]:
+    def on_tick(self, partition: int, raw: bytes) -> list[Emitted]:
         wall = self._tick_decoder.decode(raw).wall_ms
         clock = self._clocks.get(partition)
         if clock is None:
@@ -294,13 +336,17 @@ class BrandAgents:
         idle = wall - seen_wall
         return self._advance(partition, event_ms + idle) if idle >= self.idle_ms else []
 
-    def apply(self, message: Any, raw: bytes) -> list[Output]:
+    def apply(self, message: Any, raw: bytes) -> list[Emitted]:
+        if message.topic == self.share_topic.get_topic_name():
+            assert self.share is not None, "the share agent runs only with competitor sets"
+            return [*self.share.add(self._share_decoder.decode(raw))]
         if message.key == TICK_KEY:
             return self.on_tick(message.partition, raw)
         return self.on_mention(message.partition, message.offset, raw)
 
     async def handle(self, event: Any) -> None:
-        """Apply one mentions-topic record and send its outputs; its commit waits for them and its flush."""
+        """Apply one record (mentions or share topic) and send its outputs; its commit waits for them and its
+        flush."""
         message = event.message
         partition = message.partition
         handled = Handled(
@@ -308,7 +354,7 @@ class BrandAgents:
         )
         # Registered before anything can yield: a commit that begins while the outputs are being sent stages
         # this record's state, so that flush must hold the record too and wait for its outputs.
-        self._handled.setdefault(partition, []).append(handled)
+        self._handled.setdefault(message.tp, []).append(handled)
         try:
             outputs = self.apply(message, event.value)
         except Exception as error:
@@ -317,7 +363,7 @@ class BrandAgents:
             source = SourceRef(message.topic, partition, message.offset)
             log.error("brand monitor: %s at %s[%d]@%d: %r", reason.value, source.topic, partition, source.offset, error)
             if not undecodable:  # a record is decoded before it changes anything
-                self._roll_back(partition)
+                self._roll_back(message.tp)
             letter = dead_letter_record(event.value, reason, repr(error), source, self.dlq_max_value_bytes)
             handled.sends = [
                 await self.dead_letters.send(key=letter.key.encode(), value=letter.value, headers=letter.headers)
@@ -335,26 +381,27 @@ class BrandAgents:
             return
         handled.emitted.set_result(None)
 
-    def _roll_back(self, partition: int) -> None:
-        """Undo what the failed record changed: the partition's state back to the last flush, then the records
+    def _roll_back(self, tp: TP) -> None:
+        """Undo what the failed record changed: its partition's state back to the last flush, then the records
         handled since applied again (their outputs are already sent)."""
-        for table in self.tables:
-            table.discard({partition})
-        clocks, dues = self._flushed_clocks
-        self._clocks.pop(partition, None)
-        self._due.pop(partition, None)
-        if partition in clocks:
-            self._clocks[partition] = clocks[partition]
-        if partition in dues:
-            self._due[partition] = dues[partition]
-        for handled in self._handled.get(partition, []):
+        for table in self.tables.get(tp.topic, ()):
+            table.discard({tp.partition})
+        if tp.topic == self.mentions.get_topic_name():
+            clocks, dues = self._flushed_clocks
+            self._clocks.pop(tp.partition, None)
+            self._due.pop(tp.partition, None)
+            if tp.partition in clocks:
+                self._clocks[tp.partition] = clocks[tp.partition]
+            if tp.partition in dues:
+                self._due[tp.partition] = dues[tp.partition]
+        for handled in self._handled.get(tp, []):
             if handled.replay is not None:
                 self.apply(handled.event.message, handled.replay)
 
     def flush(self) -> None:
         """Stage every waiting state write; the records handled so far settle once their outputs and then those
         writes are acknowledged."""
-        staged = [(table, table.stage()) for table in self.tables]
+        staged = [(table, table.stage()) for tables in self.tables.values() for table in tables]
         handled = [h for records in self._handled.values() for h in records]
         self._handled = {}
         self._flushed_clocks = (dict(self._clocks), dict(self._due))
@@ -386,25 +433,31 @@ class BrandAgents:
             return
         for h in handled:
             h.done()
-            await self.stream.ack(h.event)
+            await self.streams[h.event.message.topic].ack(h.event)
 
     def on_revoked(self, revoked: set[TP]) -> None:
         """Lost partitions: what their records changed and no commit flushed is the next owner's to redo."""
-        partitions = {tp.partition for tp in revoked if tp.topic == self.mentions.get_topic_name()}
-        for table in self.tables:
-            table.discard(partitions)
-        for partition in partitions:
-            self._handled.pop(partition, None)
-            self._clocks.pop(partition, None)
-            self._due.pop(partition, None)
+        for topic, tables in self.tables.items():
+            partitions = {tp.partition for tp in revoked if tp.topic == topic}
+            for table in tables:
+                table.discard(partitions)
+        for tp in revoked:
+            self._handled.pop(tp, None)
+            if tp.topic == self.mentions.get_topic_name():
+                self._clocks.pop(tp.partition, None)
+                self._due.pop(tp.partition, None)
 
-    async def emit(self, outputs: list[Output]) -> list[Awaitable[Any]]:
+    async def emit(self, outputs: list[Emitted]) -> list[Awaitable[Any]]:
         """Send the outputs; returns their deliveries, which resolve when Kafka acknowledges them."""
         sends: list[Awaitable[Any]] = []
         for output in outputs:
-            key = output.brand.encode()
+            key = (
+                output.competitor_set if isinstance(output, ShareContribution | ShareOfVoice) else output.brand
+            ).encode()
             value = self._encoder.encode(output)
-            if isinstance(output, Alert | AuthorEscalation):
+            if isinstance(output, ShareContribution):
+                sends.append(await self.share_topic.send(key=key, value=value))
+            elif isinstance(output, Alert | AuthorEscalation):
                 sends.append(await self.alerts_topic.send(key=key, value=value))
                 if isinstance(output, Alert):
                     if self.webhook_queue is not None:
@@ -417,6 +470,8 @@ class BrandAgents:
                 sends.append(await self.stats_topic.send(key=key, value=value))
                 if isinstance(output, BrandStats) and self.on_stats is not None:
                     self.on_stats(output)
+                if isinstance(output, ShareOfVoice) and self.on_share is not None:
+                    self.on_share(output)
         return sends
 
     async def send_ticks(self) -> None:
@@ -454,20 +509,41 @@ def register_brand_agents(
     idle_s: float = 10.0,
     on_alert: Callable[[Alert], None] | None = None,
     on_stats: Callable[[BrandStats], None] | None = None,
+    sets: CompetitorSets | None = None,
+    on_share: Callable[[ShareOfVoice], None] | None = None,
 ) -> BrandAgents:
-    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task.
-    `on_alert` and `on_stats` see each alert and window stat as it is sent (the live page's panels)."""
+    """Add the brand monitor agent, its tables, the tick timer and (with a webhook URL) the delivery task, and
+    with competitor `sets` the share-of-voice agent. `on_alert`, `on_stats` and `on_share` see each alert,
+    window stat and share record as it is sent (the live page's panels, the share gauge)."""
     webhook = AlertmanagerWebhook(webhook_url) if webhook_url else None
     agents = BrandAgents(
-        app, settings, config or MonitorConfig(), story_config or StoryConfig(), webhook, idle_s, on_alert, on_stats
+        app,
+        settings,
+        config or MonitorConfig(),
+        story_config or StoryConfig(),
+        webhook,
+        idle_s,
+        on_alert,
+        on_stats,
+        sets,
+        on_share,
     )
+
+    async def handle(topic: faust.TopicT, stream: faust.StreamT[bytes]) -> None:
+        # noack() lives on the Stream implementation, not on the StreamT interface.
+        noack = agents.streams[topic.get_topic_name()] = cast(faust.Stream[bytes], stream).noack()
+        async for event in noack.events():
+            await agents.handle(event)
 
     @app.agent(agents.mentions, name="socialpulse-brand-monitor")
     async def monitor_mentions(stream: faust.StreamT[bytes]) -> None:
-        # noack() lives on the Stream implementation, not on the StreamT interface.
-        agents.stream = cast(faust.Stream[bytes], stream).noack()
-        async for event in agents.stream.events():
-            await agents.handle(event)
+        await handle(agents.mentions, stream)
+
+    if agents.share is not None:
+
+        @app.agent(agents.share_topic, name="socialpulse-share-of-voice")
+        async def share_of_voice(stream: faust.StreamT[bytes]) -> None:
+            await handle(agents.share_topic, stream)
 
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         agents.on_revoked(args[0])

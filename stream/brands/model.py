@@ -3,7 +3,8 @@
 State structs are plain msgspec structs so they round-trip through JSON unchanged: the worker keeps them
 in Faust tables (changelogged, restored on restart), the backtest in dicts. Output structs are the wire
 format of `social.brand_stats`, `social.alerts` and `social.stories` (documented in docs/BRANDS.md); each is tagged
-with a `type` field, so a consumer can decode the union `Output`.
+with a `type` field, so a consumer can decode the union `Output`. ShareContribution is the internal share
+topic's.
 """
 
 from __future__ import annotations
@@ -387,4 +388,65 @@ class StoryUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", t
     merged_into: str | None = None
 
 
-Output = BrandStats | Alert | AuthorEscalation | FlaggedMention | StoryUpdate
+# ------------------------------------------------------------------------------------- share of voice
+
+
+class MemberWindow(msgspec.Struct, frozen=True, array_like=True):
+    """One closed tumbling window of one brand, as its competitor sets count it."""
+
+    start: int
+    posts: int  # unflagged mentions
+    negative: int
+    reach: int
+
+
+class ShareContribution(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="share_contribution"):
+    """Internal (settings.share_topic, keyed by set): a member brand's windows closed since its last
+    contribution, and how far it has closed (`closed_until`: every tumbling window ending at or before it;
+    a window of it that is not in `windows` had no mention)."""
+
+    competitor_set: str
+    brand: str
+    closed_until: int
+    windows: list[MemberWindow]
+
+
+class ShareState(msgspec.Struct):
+    """One competitor set's windows waiting for their members (stream/brands/share.py)."""
+
+    # member -> the closed_until it last reported.
+    progress: dict[str, int] = msgspec.field(default_factory=dict)
+    # window start -> member -> its counts; bounded by MonitorConfig.share_max_pending_windows.
+    pending: dict[int, dict[str, MemberWindow]] = msgspec.field(default_factory=dict)
+    # Windows ending at or before this are published; a contribution to one of them is a repeat or too late.
+    published_until: int = 0
+
+
+class BrandShare(msgspec.Struct, frozen=True, kw_only=True):
+    brand: str
+    mentions: int
+    negative: int
+    reach: int
+    # Of the set's total; None when that total is 0 (see ShareOfVoice.empty).
+    mention_share: float | None
+    negative_share: float | None
+    reach_share: float | None
+
+
+class ShareOfVoice(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="share_of_voice"):
+    """Per competitor set and tumbling window, each member's share (on social.brand_stats, keyed by set)."""
+
+    competitor_set: str
+    window: Window
+    # Every member, in the set's order; a member without mentions in the window counts 0.
+    brands: list[BrandShare]
+    mentions: int
+    negative: int
+    reach: int
+    # Members that had not closed the window when it was published (counted as 0).
+    missing: list[str] = msgspec.field(default_factory=list)
+    # Measures ("mentions", "negative", "reach") whose set total is 0: their shares are null.
+    empty: list[str] = msgspec.field(default_factory=list)
+
+
+Output = BrandStats | Alert | AuthorEscalation | FlaggedMention | StoryUpdate | ShareOfVoice

@@ -125,6 +125,16 @@ class MonitorConfig(BaseSettings):
     )
     complaints_to_escalate: int = Field(2, description="Complaints in author_window_s: level complaining.")
     complaints_to_churn: int = Field(3, description="Complaints (or a churn_risk post after one): churn_risk.")
+    share_wait_windows: int = Field(
+        5,
+        description="Share of voice: windows of event time a competitor set waits for a member that has reported "
+        "nothing yet before it publishes without it (listed in `missing`).",
+    )
+    share_max_pending_windows: int = Field(
+        60,
+        description="Share of voice: windows a set holds open for a lagging member; past it the oldest is "
+        "published with the laggards listed in `missing` (the state's bound).",
+    )
 
 
 def sentiment_value(scores: dict[str, float]) -> float:

@@ -624,7 +624,7 @@ def _load_yaml(text: str, source: str) -> list[BrandQuery]:
         root = yaml.compose(text)
     except yaml.MarkedYAMLError as error:
         raise fail(f"YAML: {error.problem}", error.problem_mark) from None
-    brands_node = _mapping_value(root, "brands")
+    brands_node = mapping_value(root, "brands")
     if not isinstance(brands_node, yaml.MappingNode):
         raise fail("expected a top-level mapping `brands: {name: query, ...}`", root.start_mark if root else None)
     queries: list[BrandQuery] = []
@@ -636,8 +636,8 @@ def _load_yaml(text: str, source: str) -> list[BrandQuery]:
         seen.add(brand)
         query_node, excluded = value_node, []
         if isinstance(value_node, yaml.MappingNode):
-            query_node = _mapping_value(value_node, "query")
-            excluded_node = _mapping_value(value_node, "exclude_authors")
+            query_node = mapping_value(value_node, "query")
+            excluded_node = mapping_value(value_node, "exclude_authors")
             if excluded_node is not None:
                 if not isinstance(excluded_node, yaml.SequenceNode):
                     raise fail("exclude_authors must be a list of author ids", excluded_node.start_mark, brand)
@@ -661,7 +661,7 @@ def _load_yaml(text: str, source: str) -> list[BrandQuery]:
     return queries
 
 
-def _mapping_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+def mapping_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
     if not isinstance(node, yaml.MappingNode):
         return None
     for key_node, value_node in node.value:

@@ -78,6 +78,7 @@ class Topics:
             "brand_stats_topic": f"{self.prefix}.brand_stats",
             "alerts_topic": f"{self.prefix}.alerts",
             "stories_topic": f"{self.prefix}.stories",
+            "share_topic": f"{self.prefix}.share",
         }
 
     def env(self) -> dict[str, str]:

@@ -8,15 +8,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from stream.brands.backtest import Classification
-from stream.brands.model import BrandStats, Output, StoryUpdate
+from stream.brands.model import BrandStats, Output, ShareOfVoice, StoryUpdate
 from stream.brands.monitor import BrandMonitor, MonitorConfig
 from stream.brands.query import BrandCatalog, post_brands
 from stream.brands.stories import StoryTracker
@@ -92,6 +95,7 @@ async def create_topics(bootstrap: str, settings: Settings, configs: dict[str, d
             settings.brand_stats_topic,
             settings.alerts_topic,
             settings.stories_topic,
+            settings.share_topic,
             settings.dlq_topic,
         ]
         names = dict.fromkeys([*own, *(configs or {})])
@@ -191,32 +195,88 @@ async def read_stats(
     return found
 
 
+def check_shares(
+    shares: Mapping[int, ShareOfVoice], stats: Mapping[tuple[str, str, int], BrandStats], members: Sequence[str]
+) -> None:
+    """One share record per window in which a member had a tumbling stat, none missing a member, each member's
+    counts those of its stat (0 without one), and the shares those counts imply (null where a total is 0)."""
+    windows = {start for brand, kind, start in stats if brand in members and kind == "tumbling"}
+    assert shares.keys() == windows, (sorted(shares), sorted(windows))
+    for start, record in shares.items():
+        assert record.missing == [], start
+        rows = []
+        for brand in members:
+            s = stats.get((brand, "tumbling", start))
+            rows.append((brand, *((s.posts, s.sentiment.get("negative", 0), s.reach) if s else (0, 0, 0))))
+        assert [(b.brand, b.mentions, b.negative, b.reach) for b in record.brands] == rows, start
+        for n, measure in enumerate(("mentions", "negative", "reach"), start=1):
+            total = sum(row[n] for row in rows)
+            assert getattr(record, measure) == total
+            values = [getattr(b, f"{measure.removesuffix('s')}_share") for b in record.brands]
+            assert values == ([row[n] / total for row in rows] if total else [None] * len(rows)), (start, measure)
+            assert (measure in record.empty) == (total == 0)
+            if total:
+                assert sum(values) == pytest.approx(1.0)
+
+
 StoryKey = tuple[str, str, int]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def story_key(update: StoryUpdate) -> StoryKey:
     return (update.story_id, update.event, update.window.start)
 
 
-async def read_stories(
-    bootstrap: str, topic: str, expect: set[StoryKey], timeout: float
-) -> dict[StoryKey, StoryUpdate]:
-    """The story records, deduplicated by (story, event, window) (a record sent twice must be the same), read
+async def read_keyed(
+    bootstrap: str,
+    topic: str,
+    pick: Callable[[ConsumerRecord[bytes, bytes]], tuple[K, V] | None],
+    expect: set[K],
+    timeout: float,
+) -> dict[K, V]:
+    """The records `pick` keys (None: skipped), deduplicated by key (a record sent twice must be the same), read
     until every key of `expect` is in or at the timeout."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
-    found: dict[StoryKey, StoryUpdate] = {}
+    found: dict[K, V] = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not expect <= found.keys():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    update = msgspec.json.decode(record.value or b"", type=StoryUpdate)
-                    assert record.key == update.brand.encode(), record
-                    assert found.setdefault(story_key(update), update) == update, (found[story_key(update)], update)
+                    if (picked := pick(record)) is not None:
+                        key, value = picked
+                        assert found.setdefault(key, value) == value, (found[key], value)
     finally:
         await consumer.stop()
     return found
+
+
+async def read_stories(
+    bootstrap: str, topic: str, expect: set[StoryKey], timeout: float
+) -> dict[StoryKey, StoryUpdate]:
+    """The story records by (story, event, window)."""
+
+    def pick(record: ConsumerRecord[bytes, bytes]) -> tuple[StoryKey, StoryUpdate]:
+        update = msgspec.json.decode(record.value or b"", type=StoryUpdate)
+        assert record.key == update.brand.encode(), record
+        return story_key(update), update
+
+    return await read_keyed(bootstrap, topic, pick, expect, timeout)
+
+
+async def read_shares(bootstrap: str, topic: str, expect: set[int], timeout: float) -> dict[int, ShareOfVoice]:
+    """The share-of-voice records on the stats topic, by window start."""
+
+    def pick(record: ConsumerRecord[bytes, bytes]) -> tuple[int, ShareOfVoice] | None:
+        output = OutputUnion.decode(record.value or b"")
+        if not isinstance(output, ShareOfVoice):
+            return None
+        assert record.key == output.competitor_set.encode(), record
+        return output.window.start, output
+
+    return await read_keyed(bootstrap, topic, pick, expect, timeout)
 
 
 async def read_records(bootstrap: str, topic: str, expect: int, timeout: float) -> list[ConsumerRecord[bytes, bytes]]:

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.brands.agent import TICK_KEY
 from stream.brands.model import Alert, StoryUpdate
-from stream.brands.synthetic import Burst, StreamSpec
+from stream.brands.synthetic import BRANDS, Burst, StreamSpec, demo_brands_yaml
 from stream.schema import BrandMention
 from stream.tools.kafka_local import LocalKafka
 from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
@@ -27,12 +27,14 @@ from stream.worker import topic_partitions
 from tests.integration.brand_streams import (
     MINUTE,
     brand_env,
+    check_shares,
     create_topics,
     expected_stats,
     mentions_for,
     produce,
     produce_raw,
     read_records,
+    read_shares,
     read_stats,
     read_stories,
     reference_outputs,
@@ -50,7 +52,13 @@ EAGER_COMPACTION = {
     "min.cleanable.dirty.ratio": "0.01",
     "min.compaction.lag.ms": "0",
 }
-BRAND_TABLES = ("brand-monitor-state", "brand-monitor-authors", "brand-monitor-stories", "brand-monitor-partitions")
+BRAND_TABLES = (
+    "brand-monitor-state",
+    "brand-monitor-authors",
+    "brand-monitor-stories",
+    "brand-monitor-partitions",
+    "brand-share-state",
+)
 
 
 async def records_and_offsets(bootstrap: str, topic: str) -> tuple[int, int]:
@@ -97,7 +105,8 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
 ) -> None:
     """With `compacted`, the broker compacts the changelogs before the restart: what the second worker restores
     is the latest value of every key, with the superseded ones (and their offsets) gone, as after retention.
-    The worker dies in a topic burst too: its stories go on as in the uninterrupted run."""
+    The worker dies in a topic burst too: its stories go on as in the uninterrupted run. The four brands are a
+    competitor set: their share of voice is that of the uninterrupted run's window stats."""
     bursts = [Burst("Acme", 5.0, minutes=2, topic="double_charge"), Burst("Acme", 8.0, minutes=2)]
     spec = StreamSpec(minutes=12, seed=3, per_minute=15, bursts=bursts)
     mentions = mentions_for(spec, embeddings=True)
@@ -105,6 +114,10 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
     expected = expected_stats(stream, end + 10 * MINUTE)
     stories = {story_key(u): u for u in reference_outputs(stream) if isinstance(u, StoryUpdate)}
     env, settings = brand_env(kafka.bootstrap)
+    brands_file = tmp_path / "brands.yaml"
+    brands_file.write_text(demo_brands_yaml() + f"competitor_sets:\n  demo: [{', '.join(BRANDS)}]\n")
+    # Every brand is mentioned from the first minute: no window waits on a member that never reported.
+    env |= {"SOCIALPULSE_BRANDS_FILE": str(brands_file), "SOCIALPULSE_BRANDS_SHARE_WAIT_WINDOWS": "1000"}
     changelogs = [f"{settings.app_id}-{table}-changelog" for table in BRAND_TABLES]
     await create_topics(kafka.bootstrap, settings, dict.fromkeys(changelogs, EAGER_COMPACTION) if compacted else {})
 
@@ -142,12 +155,16 @@ async def test_kill_and_restart_mid_window_gives_the_uninterrupted_aggregates(
             kafka.bootstrap, settings.brand_stats_topic, end + 10 * MINUTE, timeout=180, expect=set(expected)
         )
         found_stories = await read_stories(kafka.bootstrap, settings.stories_topic, set(stories), timeout=60)
+        windows = {start for (_, kind, start) in expected if kind == "tumbling"}
+        shares = await read_shares(kafka.bootstrap, settings.brand_stats_topic, windows, timeout=60)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=60)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert set(found) == set(expected), tail
     assert found == expected, tail
+    # The sentinels' windows close only on an idle tick, if the test lasts that long: they are not compared.
+    check_shares({w: r for w, r in shares.items() if r.window.end <= end + 10 * MINUTE}, expected, BRANDS)
     assert any(u.event == "born" for u in stories.values()), "no story formed: nothing was tested"
     assert found_stories == stories, tail
 

@@ -1,8 +1,9 @@
 """`running_worker`: one real `socialpulse run` process per test session that has processed a realistic
 labelled stream, for the tests that check /metrics, Prometheus and the live page against a live worker.
 
-It is idle when tests get it (every record accounted for, offsets committed, lag probed), so its numbers
-hold still while a test compares two views of them. A test that sends more (`send`) waits the same way.
+It is idle when tests get it (every record accounted for, offsets committed, lag probed, the brand monitor's
+windows closed and their share of voice published), so its numbers hold still while a test compares two
+views of them. A test that sends more (`send`) waits the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
+from stream.brands.synthetic import demo_brands_yaml
 from stream.emit import now_ms
 from stream.settings import Settings
 from stream.tools.kafka_local import LocalKafka
-from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts
+from stream.tools.sample_posts import DEMO_BRANDS, LabelledRecord, labelled_stream, load_tweet_texts
 from stream.web import RegistrySnapshot
 from tests.integration.harness import Topics, WorkerProcess, produce
 
@@ -28,6 +30,11 @@ MALFORMED_SHARE = 0.05
 ACCOUNTED_TIMEOUT_S = 420.0
 # The lag probe runs every 5 s and the worker commits every 0.5 s: a few probes settle it.
 LAG_TIMEOUT_S = 30.0
+# The demo brands as one competitor set, in short windows: they close on the worker's idle ticks (10 s
+# without mentions, ticks every 5 s) soon after the stream, which publishes the set's share of voice.
+BRANDS_YAML = demo_brands_yaml() + f"competitor_sets:\n  demo: [{', '.join(DEMO_BRANDS)}]\n"
+MONITOR = {"SOCIALPULSE_BRANDS_WINDOW_S": "5", "SOCIALPULSE_BRANDS_HOP_SIZE_S": "0"}
+SHARE_TIMEOUT_S = 120.0
 
 
 def scrape(url: str) -> RegistrySnapshot:
@@ -60,7 +67,7 @@ class RunningWorker:
 
     @property
     def expected_brand_posts(self) -> Counter[str]:
-        """Brand hints of the valid posts: the worker runs without a text matcher, so hints are its brands."""
+        """Brand hints of the valid posts: no tweet names a demo brand, so the hints are the worker's brands."""
         hints = (msgspec.json.decode(r.raw).get("brand") for r in self.valid)
         return Counter(brand for brand in hints if brand)
 
@@ -137,6 +144,15 @@ class RunningWorker:
                 return lag
             time.sleep(0.5)
 
+    def wait_for_share(self, timeout_s: float = SHARE_TIMEOUT_S) -> None:
+        """Until the worker exports the demo set's share of voice: its members' windows closed and published."""
+        deadline = time.monotonic() + timeout_s
+        while not self.scrape().samples.get("socialpulse_brand_share_of_voice"):
+            self._alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"no share of voice after {timeout_s:.0f}s; log tail:\n{self.process.log_tail()}")
+            time.sleep(0.5)
+
     def _alive(self) -> None:
         process = self.process.process
         if process is not None and process.poll() is not None:
@@ -146,7 +162,10 @@ class RunningWorker:
 @pytest.fixture(scope="session")
 def running_worker(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
     topics = Topics()
-    process = WorkerProcess(kafka.bootstrap, topics, tmp_path_factory.mktemp("running-worker"), "worker")
+    folder = tmp_path_factory.mktemp("running-worker")
+    brands = folder / "brands.yaml"
+    brands.write_text(BRANDS_YAML, encoding="utf-8")
+    process = WorkerProcess(kafka.bootstrap, topics, folder, "worker", SOCIALPULSE_BRANDS_FILE=str(brands), **MONITOR)
     worker = RunningWorker(process, topics, kafka.bootstrap)
     started = time.monotonic()
     process.start()
@@ -154,9 +173,12 @@ def running_worker(kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) 
         process.wait_ready()
         ready = time.monotonic()
         worker.send(fresh_stream(RECORDS, seed=31))
+        accounted = time.monotonic()
+        worker.wait_for_share()
         print(
             f"running_worker: ready in {ready - started:.1f}s,"
-            f" {RECORDS} records accounted for in {time.monotonic() - ready:.1f}s"
+            f" {RECORDS} records accounted for in {accounted - ready:.1f}s,"
+            f" share of voice {time.monotonic() - accounted:.1f}s later"
         )
     except BaseException:
         process.stop()

@@ -76,7 +76,7 @@ async def wired(tmp_path: Path) -> tuple[BrandAgents, Kafka]:
         topic.send = kafka.output  # type: ignore[method-assign,assignment]
     for table in (agents.brand_table, agents.author_table, agents.story_table, agents.index_table):
         table.send_changelog = kafka.changelog  # type: ignore[method-assign,assignment]
-    agents.stream = kafka
+    agents.streams[MENTIONS] = kafka
     return agents, kafka
 
 
