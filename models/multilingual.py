@@ -48,8 +48,9 @@ class MultilingualConfig(msgspec.Struct, frozen=True):
     seed: int = 13
     # Training length; serving truncates at MAX_SEQ_LEN.
     max_len: int = 64
-    # Measured on the shared 2-core machine: a cached text costs ~0.1 s through 10 frozen layers, a training
-    # step on 2 layers ~3 s per 32 texts; 2 layers x 2 epochs on ~5k texts keeps the build near 12 minutes.
+    # Measured on the shared 2-core machine (quiet / loaded): a cached post costs 0.05 / 0.15 s through the
+    # 10 frozen layers, a training step on 2 layers 0.4 / 3 s per 32 posts; 2 layers x 2 epochs on ~5k posts
+    # keep the whole build near 11 minutes on quiet cores (models/MODEL_CARD.md, "Build time").
     trainable_layers: int = 2
     epochs: int = 2
     batch_size: int = 32
