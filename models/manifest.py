@@ -101,6 +101,8 @@ class Manifest(msgspec.Struct, frozen=True):
     created_at: str = ""
     # Every file the model loads is hashed: the tokenizer decides the ids the graph sees.
     tokenizer_sha256: str = ""
+    # ISO 639-1 codes of the languages the model was trained and evaluated on; empty for older manifests.
+    languages: list[str] = msgspec.field(default_factory=list)
 
     def head(self, name: str) -> Head | None:
         return next((head for head in self.heads if head.name == name), None)

@@ -34,3 +34,12 @@ def wheels_dir() -> Path:
 def encoders_dir() -> Path:
     """Encoder folders converted from such files (Hugging Face layout), one per input hash."""
     return models_dir() / "encoders"
+
+
+def user_cache_root() -> Path:
+    """A per-user cache shared by every clone on the machine: SOCIALPULSE_USER_CACHE_DIR, else the XDG cache."""
+    override = os.environ.get("SOCIALPULSE_USER_CACHE_DIR")
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "socialpulse"

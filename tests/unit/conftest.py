@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests that use the built default model."""
+"""Fixtures shared by the unit tests that use a built model (the default one, the multilingual one)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.paths import default_model_dir
+from models.paths import default_model_dir, models_dir
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +16,12 @@ def default_model() -> Path:
 
     build()
     return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def multilingual_model() -> Path:
+    """`models build --recipe multilingual`: reused when a verified build for its key exists, else trained."""
+    from models.build import build, multilingual_recipe
+
+    build(recipe=multilingual_recipe())
+    return models_dir() / "multilingual"

