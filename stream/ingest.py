@@ -16,6 +16,7 @@ input topic (ingest) and the mentions topic (the brand monitor). Other topics ke
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ from stream.pipeline import Pipeline
 from stream.settings import Settings
 from stream.validate import SourceRef
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -45,6 +48,7 @@ class OffsetSequencer:
 
     _pending: dict[TP, deque[_Pending]] = field(default_factory=dict)
     _committable: dict[TP, int] = field(default_factory=dict)
+    _last_tracked: dict[TP, int] = field(default_factory=dict)
     topics: set[str] = field(default_factory=set)
 
     def govern(self, topic: str) -> None:
@@ -54,6 +58,14 @@ class OffsetSequencer:
     def track(self, tp: TP, offset: int) -> Callable[[], None]:
         """Register a delivered record; returns the callback that marks it done."""
         queue = self._pending.setdefault(tp, deque())
+        last = self._last_tracked.get(tp)
+        if last is not None and offset > last + 1:
+            # Not a loss by itself (a transactional producer's markers and compaction leave gaps), but a
+            # record the agent never received here is committed with the prefix around it: say so.
+            log.warning(
+                "%s[%d]: offsets %d-%d were not delivered to the agent", tp.topic, tp.partition, last + 1, offset - 1
+            )
+        self._last_tracked[tp] = offset
         if queue and offset <= queue[-1].offset:
             # A rewind (seek to the committed offset after a rebalance): everything pending from the old
             # position will be delivered again, so it must not count towards commits any more.
@@ -80,6 +92,7 @@ class OffsetSequencer:
         for tp in tps:
             self._pending.pop(tp, None)
             self._committable.pop(tp, None)
+            self._last_tracked.pop(tp, None)
 
 
 # How long a commit waits for Faust's producer buffer to empty before it gives up (and the worker stops).
