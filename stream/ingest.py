@@ -12,14 +12,21 @@ delivery order; a record is done when every output produced from it (and every s
 acknowledged by Kafka, and the committable offset is one past the longest done prefix. Faust's consumer
 is subclassed to ask the sequencer instead of its own ack lists for the topics the sequencer governs: the
 input topic (ingest) and the mentions topic (the brand monitor). Other topics keep Faust's rule.
+
+Faust can also drop records it never handed to an agent: after a restore it seeks the partitions to their
+committed offsets while records fetched before the seek are still being delivered, and then discards the
+re-fetched records below its read offset, some undelivered among them. The sequencer sees the hole (an
+offset skipped between two delivered records) and the consumer fetches the partition again from it;
+nothing after the hole is handled until it comes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -44,27 +51,58 @@ class _Pending:
 
 @dataclass(slots=True)
 class OffsetSequencer:
-    """Which input offsets may be committed: one past the longest prefix of done records, per partition."""
+    """Which input offsets may be committed: one past the longest prefix of done records, per partition.
+
+    A jump between two delivered records is asked for again: Faust, seeking a partition while records
+    fetched before the seek are still being delivered, drops records it never handed to the agent (it
+    takes them as read). Committed past, or applied past (a brand state skips offsets it has applied),
+    they would be lost. So the partition is fetched again from the first missing offset, and its records
+    are not handled until that offset comes, or until the new fetch shows the broker has nothing there
+    (transaction markers and compaction leave such holes)."""
 
     _pending: dict[TP, deque[_Pending]] = field(default_factory=dict)
     _committable: dict[TP, int] = field(default_factory=dict)
     _last_tracked: dict[TP, int] = field(default_factory=dict)
+    # Partition -> the first offset it is being fetched again from, and where the broker's records resume
+    # when it holds none there.
+    _refetching: dict[TP, int] = field(default_factory=dict)
+    _resumes_at: dict[TP, int] = field(default_factory=dict)
     topics: set[str] = field(default_factory=set)
+    gap_free: set[str] = field(default_factory=set)
+    # Set by the worker's consumer: fetch a partition again from an offset.
+    refetch: Callable[[TP, int], None] | None = None
 
-    def govern(self, topic: str) -> None:
-        """Commits of `topic` follow this sequencer from now on (its agent must track every record)."""
+    def govern(self, topic: str, *, gap_free: bool = False) -> None:
+        """Commits of `topic` follow this sequencer from now on (its agent must track every record). A
+        `gap_free` topic is written only by our own non-transactional producers: a hole in it is records
+        lost, reported as an error."""
         self.topics.add(topic)
+        if gap_free:
+            self.gap_free.add(topic)
 
-    def track(self, tp: TP, offset: int) -> Callable[[], None]:
-        """Register a delivered record; returns the callback that marks it done."""
+    def track(self, tp: TP, offset: int) -> Callable[[], None] | None:
+        """Register a delivered record; returns the callback that marks it done, or None when the agent
+        must not handle it (its partition is being fetched again from an earlier offset)."""
+        target = self._refetching.get(tp)
+        if target is not None:
+            if offset not in (target, self._resumes_at.get(tp)):
+                return None
+            del self._refetching[tp]
+            if self._resumes_at.pop(tp, None) == offset != target:
+                level = logging.ERROR if tp.topic in self.gap_free else logging.WARNING
+                log.log(
+                    level, "%s[%d]: the broker holds no records at %d-%d", tp.topic, tp.partition, target, offset - 1
+                )
+        else:
+            last = self._last_tracked.get(tp)
+            if last is not None and offset > last + 1:
+                first, end = last + 1, offset - 1
+                log.warning("%s[%d]: offsets %d-%d were not delivered to the agent", tp.topic, tp.partition, first, end)
+                if self.refetch is not None:
+                    self._refetching[tp] = last + 1
+                    self.refetch(tp, last + 1)
+                    return None
         queue = self._pending.setdefault(tp, deque())
-        last = self._last_tracked.get(tp)
-        if last is not None and offset > last + 1:
-            # Not a loss by itself (a transactional producer's markers and compaction leave gaps), but a
-            # record the agent never received here is committed with the prefix around it: say so.
-            log.warning(
-                "%s[%d]: offsets %d-%d were not delivered to the agent", tp.topic, tp.partition, last + 1, offset - 1
-            )
         self._last_tracked[tp] = offset
         if queue and offset <= queue[-1].offset:
             # A rewind (seek to the committed offset after a rebalance): everything pending from the old
@@ -78,6 +116,12 @@ class OffsetSequencer:
             self._advance(tp)
 
         return done
+
+    def resumes_at(self, tp: TP, offset: int) -> None:
+        """The fetch from the offset `tp` is fetched again from starts at `offset`, beyond it: the broker
+        has no records in between."""
+        if tp in self._refetching:
+            self._resumes_at[tp] = offset
 
     def _advance(self, tp: TP) -> None:
         queue = self._pending.get(tp)
@@ -93,6 +137,8 @@ class OffsetSequencer:
             self._pending.pop(tp, None)
             self._committable.pop(tp, None)
             self._last_tracked.pop(tp, None)
+            self._refetching.pop(tp, None)
+            self._resumes_at.pop(tp, None)
 
 
 # How long a commit waits for Faust's producer buffer to empty before it gives up (and the worker stops).
@@ -132,6 +178,64 @@ def worker_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokaf
     `sequencer` governs decided by it (every other topic keeps Faust's rule)."""
 
     class SequencedConsumer(faust_aiokafka.Consumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Partition -> the offset the sequencer asked for again; seeks asked for and done per partition,
+            # and the seeks done when the records in hand began to be fetched.
+            self._refetch_from: dict[TP, int] = {}
+            self._seeks_asked: Counter[TP] = Counter()
+            self._seeks_done: Counter[TP] = Counter()
+            self._fetch_began_after: Counter[TP] = Counter()
+            self._seeking: set[asyncio.Task[None]] = set()
+            sequencer.refetch = self.refetch
+
+        def refetch(self, tp: TP, offset: int) -> None:
+            self._refetch_from[tp] = offset
+            self._seek_again(tp)
+
+        def _seek_again(self, tp: TP) -> None:
+            self._seeks_asked[tp] += 1
+            task = asyncio.ensure_future(self._seek_to_refetch(tp))
+            self._seeking.add(task)
+            task.add_done_callback(self._seeking.discard)
+
+        async def _seek_to_refetch(self, tp: TP) -> None:
+            offset = self._refetch_from.get(tp)
+            if offset is not None:
+                await self.seek(tp, offset)
+            self._seeks_done[tp] += 1
+
+        async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+            began_after = self._seeks_done.copy()
+            fetched = await super()._wait_next_records(timeout)
+            self._fetch_began_after = began_after
+            return fetched
+
+        async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+            seeked_again: set[TP] = set()
+            async for tp, message in super().getmany(timeout):
+                offset = self._refetch_from.get(tp)
+                if offset is not None:
+                    if message.offset != offset:
+                        if self._fetch_began_after[tp] < self._seeks_asked[tp]:
+                            # This fetch may have begun before the seek, or overtaken it: skipped, and fetched
+                            # again by one more seek.
+                            if tp not in seeked_again:
+                                seeked_again.add(tp)
+                                self._seek_again(tp)
+                            continue
+                        # Fetched from the offset asked for, and the broker's records resume later.
+                        sequencer.resumes_at(tp, message.offset)
+                    del self._refetch_from[tp]
+                    # Records fetched before the seek may have moved Faust's read offset past this one,
+                    # and Faust drops a record below its read offset as read.
+                    self._read_offset[tp] = None
+                yield tp, message
+
+        def _forget_refetches(self, tps: set[TP]) -> None:
+            for tp in tps:
+                self._refetch_from.pop(tp, None)
+
         def _new_offset(self, tp: TP) -> int | None:
             if tp.topic not in sequencer.topics:
                 # The sequencer tracks no other topic: answering for one would never commit it, and every
@@ -148,10 +252,12 @@ def worker_transport(app: faust.App, sequencer: OffsetSequencer) -> faust_aiokaf
             # partitions are still ours; forgotten first, that finished work was left to the next owner.
             await super().on_partitions_revoked(revoked)
             sequencer.forget(revoked)
+            self._forget_refetches(revoked)
 
         async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
             # Faust seeks every assigned partition back to its committed offset.
             sequencer.forget(assigned)
+            self._forget_refetches(assigned)
             await super().on_partitions_assigned(assigned, generation_id)
 
     class SequencedTransport(faust_aiokafka.Transport):
@@ -187,7 +293,11 @@ def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable
         manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
             message = event.message
-            done = sequencer.track(message.tp, message.offset)
+            tracked = sequencer.track(message.tp, message.offset)
+            if tracked is None:
+                await manual.ack(event)
+                continue
+            done = tracked
 
             async def ack(event: Any = event, done: Callable[[], None] = done) -> None:
                 done()

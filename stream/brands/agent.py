@@ -230,7 +230,7 @@ class BrandAgents:
         self.idle_ms = int(idle_s * 1000)
         self.mentions = app.topic(settings.mentions_topic, key_type=bytes, value_type=bytes, partitions=partitions)
         self.sequencer = commit_sequencer(app)
-        self.sequencer.govern(settings.mentions_topic)
+        self.sequencer.govern(settings.mentions_topic, gap_free=True)
         self.dead_letters = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
         self.dlq_max_value_bytes = settings.dlq_max_value_bytes
         self.stats_topic = app.topic(settings.brand_stats_topic, key_type=bytes, value_type=bytes)
@@ -259,7 +259,7 @@ class BrandAgents:
         self.share_topic = app.topic(settings.share_topic, key_type=bytes, value_type=bytes, partitions=partitions)
         self.share: ShareAggregator | None = None
         if self.sets:
-            self.sequencer.govern(settings.share_topic)
+            self.sequencer.govern(settings.share_topic, gap_free=True)
             self.share_table = app.Table("brand-share-state", key_type=bytes, value_type=bytes, partitions=partitions)
             share_states = StructTable(self.share_table, ShareState)
             self.share = ShareAggregator(
@@ -349,9 +349,12 @@ class BrandAgents:
         flush."""
         message = event.message
         partition = message.partition
-        handled = Handled(
-            event, self.sequencer.track(message.tp, message.offset), asyncio.get_running_loop().create_future()
-        )
+        done = self.sequencer.track(message.tp, message.offset)
+        if done is None:
+            # Records before it are being fetched again: applied now, it would mark them applied.
+            await self.streams[message.topic].ack(event)
+            return
+        handled = Handled(event, done, asyncio.get_running_loop().create_future())
         # Registered before anything can yield: a commit that begins while the outputs are being sent stages
         # this record's state, so that flush must hold the record too and wait for its outputs.
         self._handled.setdefault(message.tp, []).append(handled)
