@@ -140,9 +140,8 @@ function render(d) {
   document.getElementById("language-window").textContent = d.sentiment_window_s;
   renderLanguages(d.language_mix || {});
   renderTimeline(d.brand_timeline || {});
-  const m = d.model;
-  const parts = Object.values(m).filter(Boolean);
-  document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");
+  const models = (d.models || []).map((m) => Object.values(m).filter(Boolean).join(" / "));
+  document.getElementById("model").textContent = "model: " + (models.length ? models.join("; ") : "-");
   const st = document.getElementById("status");
   st.textContent = (d.worker_up >= 1 ? "worker up" : "worker not processing") + " - updated "
     + new Date(d.time * 1000).toLocaleTimeString("en-GB");

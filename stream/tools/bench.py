@@ -122,7 +122,7 @@ def bench_bare(model: ModelChoice, texts: list[str]) -> BareResult:
     from stream.worker import build_backend
 
     settings, manifest = model.settings, model.manifest
-    backend = build_backend(settings, manifest)
+    backend = build_backend(settings, settings.model_dir, manifest)
     tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
     started = time.perf_counter()
     batches = window_batches(settings, tokenizer, texts)
@@ -232,14 +232,15 @@ class EventReader:
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The worker's counters and histogram sums/counts, flattened as `name{label}` -> value."""
+    """The worker's counters and histogram sums/counts, flattened as `name{stage}` -> value, summed over models."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             label = sample.labels.get("stage", "")
-            values[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+            key = f"{sample.name}{{{label}}}" if label else sample.name
+            values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

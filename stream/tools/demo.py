@@ -64,7 +64,6 @@ def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
         return Group(table)
     created = summary["latency_seconds"]["created"]["since_start"]
     ingest = summary["latency_seconds"]["ingest"]["since_start"]
-    model = summary.get("model", {})
     table.add_row("replayed", f"{sent:,} / {total:,}")
     table.add_row("consumed", f"{summary['posts_consumed_total']:,.0f}")
     table.add_row("throughput", f"{summary['throughput_posts_per_s']:,.0f} posts/s")
@@ -73,10 +72,11 @@ def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
     table.add_row("delivered (all events acked)", f"{summary['posts_delivered_total']:,.0f}")
     dlq = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(summary["dlq_by_reason"].items()))
     table.add_row("dead letters", f"{summary['dlq_records_total']:,.0f}  ({dlq or 'none'})")
-    table.add_row(
-        "model",
-        " ".join(str(model.get(key, "?")) for key in ("name", "version", "variant", "provider")),
-    )
+    for model in summary.get("models", []):
+        table.add_row(
+            f"model for {model.get('languages', '?')}",
+            " ".join(str(model.get(key, "?")) for key in ("name", "version", "variant", "provider")),
+        )
     brands = Table(title=f"sentiment by brand (last {summary['sentiment_window_s']} s)")
     for column in ("brand", "negative", "neutral", "positive"):
         brands.add_column(column, justify="right" if column != "brand" else "left")
