@@ -75,15 +75,19 @@ def load_tweet_texts(max_score: float | None = None) -> list[str]:
     return [t.text for t in load_rated("tweets") if max_score is None or t.score <= max_score]
 
 
-def make_post(rng: random.Random, post_id: str, text: str, created_at_ms: int, lang: str = "en") -> dict[str, object]:
+def make_post(
+    rng: random.Random, post_id: str, text: str, created_at_ms: int, lang: str | None = "en"
+) -> dict[str, object]:
+    """A valid post; with `lang` None it carries no hint, so the worker detects its language."""
     post: dict[str, object] = {
         "id": post_id,
         "text": text,
         "created_at": created_at_ms,
         "author": {"id": f"user-{rng.randrange(2_000)}", "followers": int(rng.paretovariate(1.2) * 50)},
         "platform": rng.choice(PLATFORMS),
-        "lang": lang,
     }
+    if lang is not None:
+        post["lang"] = lang
     if rng.random() < 0.6:
         post["brand"] = rng.choice(DEMO_BRANDS)
     return post
