@@ -6,6 +6,8 @@ dead-lettered one by one."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +333,29 @@ def test_without_a_second_model_only_the_default_models_languages_are_served(
     assert lanes_of(Settings(model_dir=multilingual, multilingual_model_dir=default)) == [
         ("multilingual", ["en", "es", "zh"])
     ]
+
+
+@pytest.mark.default_model
+@pytest.mark.multilingual_model
+def test_the_worker_serving_both_models_imports_neither_torch_nor_transformers(
+    default_model: Path, multilingual_model: Path
+) -> None:
+    # Both lanes' backends loaded and warmed as the worker does, and the demo's held-out posts read.
+    code = f"""
+import sys
+from pathlib import Path
+from stream.settings import Settings
+from stream.tools.sample_posts import held_out_mix
+from stream.worker import build_backend, plan_serving
+settings = Settings(model_dir=Path({str(default_model)!r}), multilingual_model_dir=Path({str(multilingual_model)!r}),
+                    max_batch_tokens=256)
+plan = plan_serving(settings)
+assert len(plan.lanes) == 2, plan.lanes
+for lane in plan.lanes:
+    build_backend(settings, lane.model_dir, lane.manifest)
+assert held_out_mix(0.1)
+leaked = sorted({{"torch", "transformers"}} & set(sys.modules))
+sys.exit(f"imported {{leaked}}" if leaked else 0)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
