@@ -4,7 +4,9 @@
 #   .venv/          python3 -m venv + uv, then `uv pip install -e '.[train,dev]'` (skipped while
 #                   pyproject.toml is unchanged since the last successful install)
 #   .cache/kafka/   broker jars via deploy/kafka/kafka.sh fetch (Maven, cached in ~/.m2)
-#   .cache/models/  the default model via `socialpulse models build` (its own cache makes re-runs cheap)
+#   .cache/models/  the default and the multilingual model via `socialpulse models build [--recipe
+#                   multilingual]` (cached by build key and per user, so re-runs are cheap); the worker
+#                   routes English to the first and the other languages the second declares to it
 #
 # Environment: SOCIALPULSE_PYTHON picks the interpreter for the venv (default python3, needs 3.11 or 3.12).
 # Runs non-interactively (CI=true, no stdin needed).
@@ -53,5 +55,9 @@ deploy/kafka/kafka.sh fetch
 
 step "default model"
 "$VENV/bin/socialpulse" models build
+
+# About 11 minutes and 8 GB of memory the first time on 2 quiet cores (models/MODEL_CARD.md).
+step "multilingual model"
+"$VENV/bin/socialpulse" models build --recipe multilingual
 
 step "done in $((SECONDS - t_start))s; activate with: source .venv/bin/activate"

@@ -6,9 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 bash scripts/system-deps.sh
-# The multilingual model's tests need it built (cached by its key; about 11 minutes and 8 GB of memory
-# the first time on 2 quiet cores). Built here, not in setup.sh: the demo does not serve it.
-.venv/bin/socialpulse models build --recipe multilingual
 
 echo "test: ruff"
 .venv/bin/ruff check stream models tests

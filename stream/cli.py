@@ -54,14 +54,16 @@ def run(
     """Run the stream worker (settings from SOCIALPULSE_* env vars)."""
     import faust
 
+    from models.manifest import ManifestError
     from stream.brands.query import QuerySyntaxError
     from stream.metrics import Metrics
-    from stream.worker import build_worker_app, changelog_topics, ensure_topics
+    from stream.worker import ServingError, build_worker_app, changelog_topics, ensure_topics
 
     settings = Settings() if role is None else Settings(role=role.value)
     try:
         worker_app, _ = build_worker_app(settings, Metrics())
-    except QuerySyntaxError as error:  # a broken brands file: its place, not a traceback
+    # A broken brands file (its place), a missing model or languages no model serves: the fix, not a traceback.
+    except (QuerySyntaxError, ManifestError, ServingError) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     # Every client of the worker logs in as the admin does, so this is where wrong credentials stop it.

@@ -96,6 +96,8 @@ class Enriched:
     """A valid post with what inference said about it, ready to become events."""
 
     valid: ValidPost
+    # The model that classified it (in a worker with several, the one serving the post's language).
+    model: ModelRef
     ingested_at_ms: int
     sentiment: str
     sentiment_scores: dict[str, float]
@@ -134,12 +136,9 @@ def partition_of(key: bytes, partitions: tuple[int, ...]) -> int:
 
 
 class Emitter:
-    def __init__(
-        self, producer: AIOKafkaProducer, topics: Topics, model: ModelRef, dlq_max_value_bytes: int = 1_000_000
-    ) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics, dlq_max_value_bytes: int = 1_000_000) -> None:
         self._producer = producer
         self._topics = topics
-        self._model = model
         self._dlq_max_value_bytes = dlq_max_value_bytes
         self._encoder = msgspec.json.Encoder()
         self._submitting: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -209,20 +208,20 @@ class Emitter:
             "post_id": post.id,
             "brands": valid.brands,
             "language": valid.language,
-            "model": self._model,
+            "model": enriched.model,
             "timestamps": timestamps,
             "platform": post.platform,
             "author_id": post.author.id,
             "truncated": enriched.truncated,
         }
         sentiment = SentimentEvent(
-            event_id=event_id(post.id, self._model.version, "sentiment"),
+            event_id=event_id(post.id, enriched.model.version, "sentiment"),
             label=enriched.sentiment,
             scores=enriched.sentiment_scores,
             **common,
         )
         behaviour = BehaviourEvent(
-            event_id=event_id(post.id, self._model.version, "behaviour"),
+            event_id=event_id(post.id, enriched.model.version, "behaviour"),
             labels=enriched.behaviours,
             scores=enriched.behaviour_scores,
             **common,

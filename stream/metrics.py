@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH_TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 STAGES = ("queue", "tokenize", "inference", "produce")
+# Per-model series carry the serving model's manifest name (a worker may serve one model per language group).
+MODEL_LABEL = "model"
 
 
 class Metrics:
@@ -33,22 +35,30 @@ class Metrics:
         )
         self.stage = Histogram(
             "socialpulse_stage_latency_seconds",
-            "Time per batch in each stage: queue (oldest post's wait), tokenize, inference, produce.",
-            ["stage"],
+            "Time per batch in each stage: queue (oldest post's wait), tokenize, inference, produce; by model.",
+            ["stage", MODEL_LABEL],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "socialpulse_batch_size_posts", "Posts per inference batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+            "socialpulse_batch_size_posts",
+            "Posts per inference batch, by model.",
+            [MODEL_LABEL],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
             "socialpulse_batch_tokens",
-            "Padded tokens per inference batch (posts x padded length).",
+            "Padded tokens per inference batch (posts x padded length), by model.",
+            [MODEL_LABEL],
             buckets=BATCH_TOKEN_BUCKETS,
             registry=r,
         )
         self.padding_ratio = Gauge(
-            "socialpulse_batch_padding_ratio", "Share of padding tokens in the last batch.", registry=r
+            "socialpulse_batch_padding_ratio",
+            "Share of padding tokens in the model's last batch.",
+            [MODEL_LABEL],
+            registry=r,
         )
         self.inflight_tokens = Gauge(
             "socialpulse_inflight_tokens", "Tokens queued or in inference; bounded by max_inflight_tokens.", registry=r
@@ -60,7 +70,8 @@ class Metrics:
         )
         self.backend_busy = Gauge(
             "socialpulse_backend_busy_ratio",
-            "Share of wall time the inference backend was running, over the last few seconds.",
+            "Share of wall time the model's inference backend was running, over the last few seconds.",
+            [MODEL_LABEL],
             registry=r,
         )
         self.posts_consumed = Counter(
@@ -113,5 +124,8 @@ class Metrics:
         )
         self.worker_up = Gauge("socialpulse_worker_up", "1 while the worker is processing.", registry=r)
         self.model_info = Info(
-            "socialpulse_model", "The served model: name, version, variant and execution provider.", registry=r
+            "socialpulse_model",
+            "Each served model: name, version, variant, execution provider and the languages routed to it.",
+            ["name"],
+            registry=r,
         )

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,11 @@ class Settings(BaseSettings):
 
     # Model and backend
     model_dir: Path = Field(REPO_ROOT / ".cache/models/default", description="Folder holding manifest.json.")
+    multilingual_model_dir: Path | None = Field(
+        REPO_ROOT / ".cache/models/multilingual",
+        description="A second model for the languages its manifest declares beyond model_dir's (a routed pair in "
+        "one worker); empty turns routing off. The default folder absent: only model_dir's languages are served.",
+    )
     model_variant: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: int8 on CPU, fp16 on CUDA/TensorRT (falls back to fp32)."
     )
@@ -81,8 +86,10 @@ class Settings(BaseSettings):
         "and sha256 are in headers): whole up to the broker's default 1 MB message limit, and under the "
         "producer's 1 MiB request limit with room for headers.",
     )
-    languages: list[str] = Field(
-        ["en"], description="Languages the model serves (JSON list); empty accepts every language."
+    languages: list[str] | None = Field(
+        None,
+        description="Languages served (JSON list). Unset: those the loaded models' manifests declare; a listed "
+        "language no model declares stops the worker at start; empty accepts every language.",
     )
     language_min_confidence: float = Field(
         0.80, description="Detected languages below this confidence are not grounds for rejection."
@@ -141,6 +148,11 @@ class Settings(BaseSettings):
     brands_webhook_url: str | None = Field(
         None, description="Alertmanager base URL; alerts are POSTed to {url}/api/v2/alerts. None disables."
     )
+
+    @field_validator("multilingual_model_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @property
     def group_id(self) -> str:

@@ -327,7 +327,8 @@ class Summary:
             "dlq_records_total": snap.total("socialpulse_dlq_records_total"),
             "dlq_by_reason": snap.by_label("socialpulse_dlq_records_total", "reason"),
             "worker_up": snap.total("socialpulse_worker_up"),
-            "model": info[0][0] if info else {},
+            # One per model the worker serves, with the languages routed to it.
+            "models": [labels for labels, _ in info],
             "throughput_posts_per_s": self.live.throughput(now, self.rate_window_s),
             "throughput_window_s": self.rate_window_s,
             "throughput_series": self.live.series(now, 60),

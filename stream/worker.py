@@ -8,6 +8,8 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -17,7 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mode import Service
 
 from models.language import detect_language, primary_language
-from models.manifest import Manifest, load_manifest
+from models.manifest import MANIFEST_FILE, Manifest, load_manifest
 from stream.backends import InferenceBackend, select_backend
 from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
@@ -28,8 +30,7 @@ from stream.emit import Emitter, Topics
 from stream.ingest import OffsetSequencer, register_ingest, worker_transport
 from stream.kafka_auth import start_client
 from stream.metrics import Metrics
-from stream.pipeline import BatchObserver, Pipeline, Ticket
-from stream.schema import ModelRef
+from stream.pipeline import BatchObserver, Lane, Pipeline, Ticket
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
 from stream.validate import Validator
@@ -89,9 +90,77 @@ def _faust_credentials(settings: Settings) -> Any:
     return None
 
 
-def build_backend(settings: Settings, manifest: Manifest) -> InferenceBackend:
+# A manifest that declares no languages predates the field: the English MiniLM builds, which the worker served
+# as SOCIALPULSE_LANGUAGES' old default, ["en"]. Offline tools that classify with model_dir alone serve it too.
+UNDECLARED_LANGUAGES = frozenset({"en"})
+BUILD_MULTILINGUAL = "socialpulse models build --recipe multilingual"
+
+
+class ServingError(ValueError):
+    """The settings ask the worker to serve languages or models it does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class LanePlan:
+    model_dir: Path
+    manifest: Manifest
+    # Routed here (the primary's declared languages; the second model's beyond those).
+    languages: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPlan:
+    lanes: list[LanePlan]
+    # What validation lets through; empty: every language (those no lane declares go to the last lane).
+    served: frozenset[str]
+
+
+def declared_languages(manifest: Manifest) -> frozenset[str]:
+    return frozenset(manifest.languages) or UNDECLARED_LANGUAGES
+
+
+def plan_serving(settings: Settings) -> ServingPlan:
+    """Which models the worker loads and which languages it serves, from the manifests (cheap: JSON only).
+
+    Refuses at start, before any model loads, what would otherwise dead-letter a whole language at run time.
+    """
+    primary = load_manifest(settings.model_dir)
+    lanes = [LanePlan(settings.model_dir, primary, declared_languages(primary))]
+    second_dir = settings.multilingual_model_dir
+    if second_dir is not None and not (second_dir / MANIFEST_FILE).is_file():
+        if "multilingual_model_dir" in settings.model_fields_set:
+            raise ServingError(
+                f"SOCIALPULSE_MULTILINGUAL_MODEL_DIR={second_dir} holds no {MANIFEST_FILE}: build it with "
+                f"`{BUILD_MULTILINGUAL}`, or set it empty to serve {sorted(lanes[0].languages)} only"
+            )
+        log.warning(
+            "no multilingual model at %s: serving %s only (build it with `%s`)",
+            second_dir,
+            sorted(lanes[0].languages),
+            BUILD_MULTILINGUAL,
+        )
+    elif second_dir is not None and second_dir.resolve() != settings.model_dir.resolve():
+        manifest = load_manifest(second_dir)
+        extra = declared_languages(manifest) - lanes[0].languages
+        if extra:
+            lanes.append(LanePlan(second_dir, manifest, extra))
+        else:
+            log.warning("%s declares no language %s does not; not loaded", second_dir, settings.model_dir)
+    declared = frozenset().union(*(lane.languages for lane in lanes))
+    if settings.languages is None:
+        return ServingPlan(lanes, declared)
+    served = frozenset(settings.languages)
+    if unserved := sorted(served - declared):
+        raise ServingError(
+            f"SOCIALPULSE_LANGUAGES names {unserved}, which no loaded model declares (they serve {sorted(declared)}"
+            f"; `[]` lets every language through to {lanes[-1].manifest.name}, unvalidated)"
+        )
+    return ServingPlan(lanes, served)
+
+
+def build_backend(settings: Settings, model_dir: Path, manifest: Manifest) -> InferenceBackend:
     backend = select_backend(
-        settings.model_dir,
+        model_dir,
         manifest,
         backend=settings.backend,
         variant=settings.model_variant,
@@ -114,11 +183,15 @@ def warmup_shapes(settings: Settings, max_seq_len: int) -> list[tuple[int, int]]
     return [(max(1, min(settings.max_batch_size, settings.max_batch_tokens // length)), length) for length in buckets]
 
 
-def build_validator(settings: Settings) -> Validator:
+def build_validator(settings: Settings, served: frozenset[str] | None = None) -> Validator:
+    """`served` (empty: every language): the worker's serving plan's; by default SOCIALPULSE_LANGUAGES, else
+    the default model's English (what the offline tools that classify with model_dir alone serve)."""
+    if served is None:
+        served = UNDECLARED_LANGUAGES if settings.languages is None else frozenset(settings.languages)
     return Validator(
         detect_language=detect_language,
         parse_language_tag=primary_language,
-        served_languages=frozenset(settings.languages),
+        served_languages=served,
         language_min_confidence=settings.language_min_confidence,
         max_record_bytes=settings.max_record_bytes,
         max_text_chars=settings.max_text_chars,
@@ -137,6 +210,7 @@ class PipelineService(Service):
         app: faust.App,
         settings: Settings,
         metrics: Metrics,
+        plan: ServingPlan,
         matcher: Matcher | None = None,
         observer: BatchObserver | None = None,
         **kwargs: Any,
@@ -145,6 +219,7 @@ class PipelineService(Service):
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self._plan = plan
         self._matcher = matcher
         self._observer = observer
         self._ready: asyncio.Future[Pipeline] | None = None
@@ -159,16 +234,23 @@ class PipelineService(Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        manifest = load_manifest(settings.model_dir)
-        backend = await asyncio.to_thread(build_backend, settings, manifest)
-        self.metrics.model_info.info(
-            {
-                "name": manifest.name,
-                "version": manifest.version,
-                "variant": backend.variant,
-                "provider": backend.provider,
-            }
+        # Loaded and warmed side by side: each backend runs on its own ONNX Runtime threads.
+        backends = await asyncio.gather(
+            *(asyncio.to_thread(build_backend, settings, lane.model_dir, lane.manifest) for lane in self._plan.lanes)
         )
+        lanes = [
+            Lane(self._batcher(lane), backend, lane.manifest, lane.languages)
+            for lane, backend in zip(self._plan.lanes, backends, strict=True)
+        ]
+        for lane in lanes:
+            self.metrics.model_info.labels(lane.name).info(
+                {
+                    "version": lane.manifest.version,
+                    "variant": lane.backend.variant,
+                    "provider": lane.backend.provider,
+                    "languages": ",".join(sorted(lane.languages)),
+                }
+            )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             enable_idempotence=True,
@@ -179,16 +261,6 @@ class PipelineService(Service):
         )
         await start_client(self._producer, settings.kafka_bootstrap, settings.kafka_client_options)
         await self._lag_probe.start()
-        tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
-        batcher: Batcher[Ticket] = Batcher(
-            tokenizer,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            sort_window=settings.sort_window,
-            pad_multiple=settings.pad_multiple,
-            max_inflight_tokens=settings.max_inflight_tokens,
-        )
         topics = Topics(
             sentiment=settings.sentiment_topic,
             behaviour=settings.behaviour_topic,
@@ -196,16 +268,9 @@ class PipelineService(Service):
             mentions=settings.mentions_topic,
         )
         self._pipeline = Pipeline(
-            validator=build_validator(settings),
-            batcher=batcher,
-            backend=backend,
-            manifest=manifest,
-            emitter=Emitter(
-                self._producer,
-                topics,
-                ModelRef(manifest.name, manifest.version, backend.variant),
-                dlq_max_value_bytes=settings.dlq_max_value_bytes,
-            ),
+            validator=build_validator(settings, self._plan.served),
+            lanes=lanes,
+            emitter=Emitter(self._producer, topics, dlq_max_value_bytes=settings.dlq_max_value_bytes),
             metrics=self.metrics,
             matcher=self._matcher,
             observer=self._observer,
@@ -221,11 +286,25 @@ class PipelineService(Service):
         self._ready.set_result(self._pipeline)
         self.metrics.worker_up.set(1)
         log.info(
-            "socialpulse pipeline ready: model %s %s (%s on %s)",
-            manifest.name,
-            manifest.version,
-            backend.variant,
-            backend.provider,
+            "socialpulse pipeline ready: %s; serving %s",
+            "; ".join(
+                f"model {lane.name} {lane.manifest.version} ({lane.backend.variant} on {lane.backend.provider}) "
+                f"for {sorted(lane.languages)}"
+                for lane in lanes
+            ),
+            sorted(self._plan.served) or "every language",
+        )
+
+    def _batcher(self, lane: LanePlan) -> Batcher[Ticket]:
+        settings = self.settings
+        return Batcher(
+            PostTokenizer.for_model(lane.model_dir, lane.manifest),
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            sort_window=settings.sort_window,
+            pad_multiple=settings.pad_multiple,
+            max_inflight_tokens=settings.max_inflight_tokens,
         )
 
     async def _watch_failure(self, pipeline: Pipeline) -> None:
@@ -238,7 +317,8 @@ class PipelineService(Service):
     @Service.timer(2.0)
     async def _update_gauges(self) -> None:
         if self._pipeline is not None:
-            self.metrics.backend_busy.set(self._pipeline.busy_ratio())
+            for lane in self._pipeline.lanes:
+                self.metrics.backend_busy.labels(lane.name).set(lane.busy_ratio())
             self.metrics.inflight_tokens.set(self._pipeline.inflight_tokens)
 
     @Service.timer(5.0)
@@ -435,7 +515,8 @@ def build_worker_app(settings: Settings, metrics: Metrics) -> tuple[faust.App, P
     service: PipelineService | None = None
     if settings.role in ("all", "pipeline"):
         matcher = ReloadingCatalog(settings.brands_file) if settings.brands_file else None
-        service = PipelineService(app, settings, metrics, matcher=matcher, observer=live, loop=None)
+        plan = plan_serving(settings)
+        service = PipelineService(app, settings, metrics, plan, matcher=matcher, observer=live, loop=None)
         app.service(cast(Any, service))
         register_ingest(app, settings, service.pipeline)
     if settings.role in ("all", "brands") and settings.brands_file:

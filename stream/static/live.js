@@ -54,7 +54,11 @@ function renderBrands(mix) {
     i.style.background = color(l); s.append(i, l); return s;
   }));
 }
-function renderLanguages(mix) {
+function renderLanguages(mix, models) {
+  // Each language's model; one no model declares (every language served) goes to the last.
+  const serving = {};
+  models.forEach((m) => (m.languages || "").split(",").forEach((l) => { serving[l] = m.name; }));
+  const last = models.length ? models[models.length - 1].name : "-";
   const rows = Object.entries(mix).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
   const total = rows.reduce((sum, [, n]) => sum + n, 0);
   document.querySelector("#languages tbody").replaceChildren(...rows.map(([language, n]) => {
@@ -62,7 +66,9 @@ function renderLanguages(mix) {
     const name = document.createElement("td"); name.textContent = language;
     const count = document.createElement("td"); count.textContent = fmtCount(n); count.className = "language-posts";
     const share = document.createElement("td"); share.textContent = (100 * n / total).toFixed(1) + " %";
-    tr.append(name, count, share);
+    const model = document.createElement("td"); model.textContent = serving[language] || last;
+    model.className = "language-model";
+    tr.append(name, count, share, model);
     return tr;
   }));
 }
@@ -138,11 +144,10 @@ function render(d) {
   renderBrands(d.sentiment_by_brand);
   renderAlerts(d.alerts || []);
   document.getElementById("language-window").textContent = d.sentiment_window_s;
-  renderLanguages(d.language_mix || {});
+  renderLanguages(d.language_mix || {}, d.models || []);
   renderTimeline(d.brand_timeline || {});
-  const m = d.model;
-  const parts = Object.values(m).filter(Boolean);
-  document.getElementById("model").textContent = "model: " + (parts.length ? parts.join(" / ") : "-");
+  const models = (d.models || []).map((m) => Object.values(m).filter(Boolean).join(" / "));
+  document.getElementById("model").textContent = "model: " + (models.length ? models.join("; ") : "-");
   const st = document.getElementById("status");
   st.textContent = (d.worker_up >= 1 ? "worker up" : "worker not processing") + " - updated "
     + new Date(d.time * 1000).toLocaleTimeString("en-GB");

@@ -4,7 +4,9 @@
     cuts a full window (sorted by length, sliced by token budget, padded), so only the model is timed.
 (b) pipeline: a real worker process drains a pre-produced backlog; posts/s runs from its first consumed post
     to the last event read back. Then a paced replay at a share of that rate, with created_at = send time,
-    gives end-to-end latency as seen by a consumer of the sentiment topic.
+    gives end-to-end latency as seen by a consumer of the sentiment topic. The drain runs again on a
+    mixed-language backlog (held-out zh and es posts among the tweets) where the worker serves them: English
+    goes to the default model, zh and es to the multilingual one (the routed pair).
 (c) naive: a Faust agent calling a `transformers` pipeline once per message, in its own process so torch
     never enters this one.
 
@@ -21,6 +23,8 @@ import os
 import time
 import urllib.request
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,12 +50,21 @@ from stream.tools.harness import Topics, WorkerProcess, produce
 from stream.tools.kafka_local import LocalKafka
 from stream.tools.profiling import Profiler, ProfileSummary, summarise
 from stream.tools.replay import replay
-from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_tweet_texts, write_jsonl
+from stream.tools.sample_posts import (
+    LabelledRecord,
+    LanguageMix,
+    held_out_mix,
+    labelled_stream,
+    load_tweet_texts,
+    write_jsonl,
+)
 
 # Progress and notes go to stderr, so `--json` leaves stdout holding the one JSON object.
 console = Console(stderr=True)
 
 STAGES = ("queue", "tokenize", "inference", "produce")
+# The mixed-language drain: each of Chinese and Spanish (held-out posts) takes this share of the stream.
+MIXED_SHARE = 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +135,7 @@ def bench_bare(model: ModelChoice, texts: list[str]) -> BareResult:
     from stream.worker import build_backend
 
     settings, manifest = model.settings, model.manifest
-    backend = build_backend(settings, manifest)
+    backend = build_backend(settings, settings.model_dir, manifest)
     tokenizer = PostTokenizer.for_model(settings.model_dir, manifest)
     started = time.perf_counter()
     batches = window_batches(settings, tokenizer, texts)
@@ -232,14 +245,15 @@ class EventReader:
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The worker's counters and histogram sums/counts, flattened as `name{label}` -> value."""
+    """The worker's counters and histogram sums/counts, flattened as `name{stage}` -> value, summed over models."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             label = sample.labels.get("stage", "")
-            values[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+            key = f"{sample.name}{{{label}}}" if label else sample.name
+            values[key] = values.get(key, 0.0) + sample.value
     return values
 
 
@@ -567,8 +581,20 @@ def naive_worker(
 # The run
 
 
-def _records(texts: list[str], count: int, seed: int) -> list[LabelledRecord]:
-    return labelled_stream(texts, count, malformed_share=0, seed=seed)
+def _records(texts: list[str], count: int, seed: int, languages: Sequence[LanguageMix] = ()) -> list[LabelledRecord]:
+    return labelled_stream(texts, count, malformed_share=0, seed=seed, languages=languages)
+
+
+def stream_languages(records: list[LabelledRecord]) -> dict[str, int]:
+    return dict(Counter(str(msgspec.json.decode(record.raw).get("lang")) for record in records))
+
+
+def mixed_stream_languages(settings: Settings) -> list[LanguageMix]:
+    """zh and es when the worker these settings start serves them (the routed pair, by default), else none."""
+    from stream.worker import plan_serving
+
+    served = plan_serving(settings).served
+    return held_out_mix(MIXED_SHARE) if not served or {"zh", "es"} <= served else []
 
 
 def run_bench(
@@ -595,6 +621,8 @@ def run_bench(
     live = _records(texts, latency_posts, seed=102)
     naive = _records(texts, naive_posts, seed=103)
     ceiling_backlog = _records(texts, ceiling_posts, seed=104)
+    mixed_languages = mixed_stream_languages(settings)
+    mixed_backlog = _records(texts, posts, seed=107, languages=mixed_languages) if mixed_languages else []
 
     bare_texts = [texts[i % len(texts)] for i in range(posts)]
     bare = bench_bare(model, bare_texts)
@@ -615,6 +643,8 @@ def run_bench(
             else None
         )
         pipeline = asyncio.run(bench_pipeline(model, backlog, live, latency_load, log_dir))
+        # The same drain with held-out Chinese and Spanish posts mixed in: what routing to a second model costs.
+        mixed = asyncio.run(bench_pipeline(model, mixed_backlog, [], latency_load, log_dir)) if mixed_backlog else None
         # The same drains with several worker processes in one group (other posts, so none is a duplicate).
         scaling: dict[str, PipelineResult] = {}
         if processes > 1:
@@ -632,7 +662,8 @@ def run_bench(
         if started_kafka:
             kafka.stop()
     bare_by_variant = {model.variant: bare} | ({other: bare_other} if bare_other else {})
-    return report(model, bare_by_variant, ceiling, pipeline, scaling, baseline, log_dir)
+    streams = {"english": (pipeline, backlog)} | ({"mixed": (mixed, mixed_backlog)} if mixed else {})
+    return report(model, bare_by_variant, ceiling, pipeline, scaling, baseline, log_dir, streams)
 
 
 def report(
@@ -643,6 +674,7 @@ def report(
     scaling: dict[str, PipelineResult],
     naive: NaiveResult,
     log_dir: Path,
+    streams: dict[str, tuple[PipelineResult, list[LabelledRecord]]],
 ) -> dict[str, Any]:
     settings = model.settings
     bare = bare_by_variant[model.variant]
@@ -664,6 +696,11 @@ def report(
         "processes": {
             name: {"workers": result.workers, "posts": result.posts, "posts_per_s": result.posts_per_s}
             for name, result in scaling.items()
+        },
+        # One worker draining an English-only backlog and, where zh and es are served, a mixed-language one.
+        "streams": {
+            name: {"posts": result.posts, "posts_per_s": result.posts_per_s, "languages": stream_languages(records)}
+            for name, (result, records) in streams.items()
         },
         "model": {
             "name": model.manifest.name,
@@ -715,6 +752,9 @@ def render(result: dict[str, Any]) -> Table:
             f"{result['ceiling_posts_per_s']:,.0f} posts/s  ({result['ceiling_posts']:,} posts)",
         )
     table.add_row("(b) pipeline Kafka -> events", f"{result['pipeline_posts_per_s']:,.0f} posts/s")
+    for name, run in result["streams"].items():
+        mix = ", ".join(f"{lang} {n / run['posts']:.0%}" for lang, n in sorted(run["languages"].items()))
+        table.add_row(f"    {name} stream ({mix})", f"{run['posts_per_s']:,.0f} posts/s  ({run['posts']:,} posts)")
     for name, run in result["processes"].items():
         one = result["ceiling_posts_per_s"] if name == "ceiling" else result["pipeline_posts_per_s"]
         table.add_row(

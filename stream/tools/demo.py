@@ -21,7 +21,7 @@ from models.manifest import MANIFEST_FILE
 from stream.settings import REPO_ROOT, Settings
 from stream.tools.kafka_local import LocalKafka
 from stream.tools.replay import replay
-from stream.tools.sample_posts import NegativeBurst, labelled_stream, load_tweet_texts, write_jsonl
+from stream.tools.sample_posts import NegativeBurst, held_out_mix, labelled_stream, load_tweet_texts, write_jsonl
 
 console = Console()
 
@@ -35,13 +35,21 @@ DEMO_MONITOR = {
     "SOCIALPULSE_BRANDS_WARMUP_WINDOWS": "6",
 }
 DEMO_BURST_BRAND = "Globex"
+# Each of Chinese and Spanish (held-out posts, never trained on) takes this share of the replay when the
+# multilingual model serves them.
+DEMO_LANGUAGE_SHARE = 0.1
 
 
-def ensure_model(settings: Settings) -> None:
-    if (settings.model_dir / MANIFEST_FILE).is_file():
-        return
-    console.print(f"[yellow]no model at {settings.model_dir}; building the default model (one time)[/]")
-    subprocess.run([sys.executable, "-m", "stream", "models", "build"], cwd=REPO_ROOT, check=True)
+def ensure_models(settings: Settings) -> None:
+    """Build the default model, and the multilingual one unless routing is off, where they are missing."""
+    recipes = [(settings.model_dir, "default")]
+    if settings.multilingual_model_dir is not None:
+        recipes.append((settings.multilingual_model_dir, "multilingual"))
+    for folder, recipe in recipes:
+        if not (folder / MANIFEST_FILE).is_file():
+            console.print(f"[yellow]no model at {folder}; building the {recipe} model (one time)[/]")
+            command = [sys.executable, "-m", "stream", "models", "build", "--recipe", recipe]
+            subprocess.run(command, cwd=REPO_ROOT, check=True)
 
 
 def fetch_summary(port: int) -> dict[str, Any] | None:
@@ -64,7 +72,6 @@ def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
         return Group(table)
     created = summary["latency_seconds"]["created"]["since_start"]
     ingest = summary["latency_seconds"]["ingest"]["since_start"]
-    model = summary.get("model", {})
     table.add_row("replayed", f"{sent:,} / {total:,}")
     table.add_row("consumed", f"{summary['posts_consumed_total']:,.0f}")
     table.add_row("throughput", f"{summary['throughput_posts_per_s']:,.0f} posts/s")
@@ -73,16 +80,33 @@ def render(summary: dict[str, Any] | None, sent: int, total: int) -> Group:
     table.add_row("delivered (all events acked)", f"{summary['posts_delivered_total']:,.0f}")
     dlq = ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(summary["dlq_by_reason"].items()))
     table.add_row("dead letters", f"{summary['dlq_records_total']:,.0f}  ({dlq or 'none'})")
-    table.add_row(
-        "model",
-        " ".join(str(model.get(key, "?")) for key in ("name", "version", "variant", "provider")),
-    )
+    for model in summary.get("models", []):
+        table.add_row(
+            f"model for {model.get('languages', '?')}",
+            " ".join(str(model.get(key, "?")) for key in ("name", "version", "variant", "provider")),
+        )
     brands = Table(title=f"sentiment by brand (last {summary['sentiment_window_s']} s)")
     for column in ("brand", "negative", "neutral", "positive"):
         brands.add_column(column, justify="right" if column != "brand" else "left")
     for brand, mix in sorted(summary["sentiment_by_brand"].items()):
         brands.add_row(brand, *(str(mix.get(label, 0)) for label in ("negative", "neutral", "positive")))
-    return Group(table, brands, render_alerts(summary.get("alerts", [])))
+    return Group(table, brands, render_languages(summary), render_alerts(summary.get("alerts", [])))
+
+
+def render_languages(summary: dict[str, Any]) -> Table:
+    """Delivered posts per language over the live window, and the model that serves each."""
+    models = summary.get("models", [])
+    serving = {lang: m.get("name", "?") for m in models for lang in m.get("languages", "").split(",")}
+    # A language no model declares (served when SOCIALPULSE_LANGUAGES is []) goes to the last one.
+    last = models[-1].get("name", "?") if models else "-"
+    mix: dict[str, int] = summary.get("language_mix", {})
+    total = sum(mix.values()) or 1
+    table = Table(title=f"language mix (last {summary['sentiment_window_s']} s)")
+    for column in ("language", "posts", "share", "model"):
+        table.add_column(column, justify="left" if column in ("language", "model") else "right")
+    for lang, posts in sorted(mix.items(), key=lambda item: -item[1]):
+        table.add_row(lang, f"{posts:,}", f"{posts / total:.0%}", serving.get(lang, last))
+    return table
 
 
 def render_alerts(alerts: list[dict[str, Any]]) -> Table:
@@ -112,14 +136,18 @@ def run_demo(rate: float, malformed_share: float, keep_kafka: bool) -> dict[str,
     kafka = LocalKafka(port=int(settings.kafka_bootstrap.rsplit(":", 1)[1]))
     was_running = kafka.is_running()
     console.print(f"[bold]1/4[/] Kafka at {kafka.start()}")
-    ensure_model(settings)
+    ensure_models(settings)
     texts = load_tweet_texts()
     burst = NegativeBurst(DEMO_BURST_BRAND, load_tweet_texts(max_score=-1.0))
+    languages = held_out_mix(DEMO_LANGUAGE_SHARE) if settings.multilingual_model_dir is not None else []
     # Ids unique per run, so a second demo is not dead-lettered as duplicates of the first.
-    records = labelled_stream(texts, len(texts), malformed_share=malformed_share, seed=int(time.time()), burst=burst)
+    records = labelled_stream(
+        texts, len(texts), malformed_share=malformed_share, seed=int(time.time()), burst=burst, languages=languages
+    )
     posts_file = write_jsonl(records, REPO_ROOT / ".cache/data/demo-posts.jsonl")
+    mixed = "".join(f", {mix.share:.0%} held-out {mix.lang} posts" for mix in languages)
     console.print(
-        f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets "
+        f"[bold]2/4[/] {len(records):,} posts from the human-rated tweets{mixed} "
         f"({malformed_share:.0%} malformed; from {burst.start:.0%} to {burst.end:.0%} of the way, a burst of "
         f"negative posts about {burst.brand}) -> {posts_file}"
     )

@@ -8,13 +8,17 @@ traffic. Tweet texts are real; ids, authors, platforms, brand hints and timestam
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from stream.schema import RejectReason
+
+if TYPE_CHECKING:
+    from models.corpora import Language
 
 DEMO_BRANDS = ("Acme", "Globex", "Initech", "Umbrella")
 PLATFORMS = ("x", "bluesky", "mastodon", "reddit")
@@ -42,6 +46,28 @@ class NegativeBurst:
     per_post: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class LanguageMix:
+    """Posts in another language woven into a stream: a `share` of its posts take their text from `texts`."""
+
+    lang: str
+    texts: list[str]
+    share: float
+
+
+def load_held_out_texts(lang: Language) -> list[str]:
+    """The held-out split of a training language's corpus (models/corpora.py: never trained on)."""
+    from models.corpora import split_language
+
+    _, test = split_language(lang)
+    return [row.text for row in test]
+
+
+def held_out_mix(share: float) -> list[LanguageMix]:
+    """Chinese reviews and Spanish tweets, each `share` of a stream: what the multilingual model serves."""
+    return [LanguageMix("zh", load_held_out_texts("zh"), share), LanguageMix("es", load_held_out_texts("es"), share)]
+
+
 def load_tweet_texts(max_score: float | None = None) -> list[str]:
     """The rated tweets' texts; with `max_score`, only those humans rated at or below it (-4..4)."""
     from models.data import load_rated
@@ -49,15 +75,19 @@ def load_tweet_texts(max_score: float | None = None) -> list[str]:
     return [t.text for t in load_rated("tweets") if max_score is None or t.score <= max_score]
 
 
-def make_post(rng: random.Random, post_id: str, text: str, created_at_ms: int) -> dict[str, object]:
+def make_post(
+    rng: random.Random, post_id: str, text: str, created_at_ms: int, lang: str | None = "en"
+) -> dict[str, object]:
+    """A valid post; with `lang` None it carries no hint, so the worker detects its language."""
     post: dict[str, object] = {
         "id": post_id,
         "text": text,
         "created_at": created_at_ms,
         "author": {"id": f"user-{rng.randrange(2_000)}", "followers": int(rng.paretovariate(1.2) * 50)},
         "platform": rng.choice(PLATFORMS),
-        "lang": "en",
     }
+    if lang is not None:
+        post["lang"] = lang
     if rng.random() < 0.6:
         post["brand"] = rng.choice(DEMO_BRANDS)
     return post
@@ -101,9 +131,11 @@ def labelled_stream(
     seed: int = 7,
     start_ms: int = 1_795_860_000_000,
     burst: NegativeBurst | None = None,
+    languages: Sequence[LanguageMix] = (),
 ) -> list[LabelledRecord]:
     """`count` records: real tweets as valid posts, and a `malformed_share` spread over every bad kind,
     10 ms of event time apart; a `burst` adds its posts (valid, beyond `count`) beside the records it spans.
+    With `languages`, each position is, with its mix's share, a post in that language instead of a tweet.
 
     Duplicate ids are among the bad kinds: a later record reusing an earlier valid post's id.
     """
@@ -114,7 +146,8 @@ def labelled_stream(
     valid_ids: list[str] = []
     for index in range(count):
         post_id = f"post-{seed}-{index}"
-        post = make_post(rng, post_id, texts[index % len(texts)], start_ms + index * 10)
+        lang, text = _language_of(rng, languages, texts[index % len(texts)])
+        post = make_post(rng, post_id, text, start_ms + index * 10, lang)
         if burst is not None and burst.start * count <= index < burst.end * count:
             for k in range(burst.per_post):
                 extra = make_post(rng, f"burst-{seed}-{index}-{k}", rng.choice(burst.texts), start_ms + index * 10 + 1)
@@ -133,6 +166,17 @@ def labelled_stream(
             raw = MALFORMED[kind](post, rng)
         records.append(LabelledRecord(raw, post_id, kind))
     return records
+
+
+def _language_of(rng: random.Random, languages: Sequence[LanguageMix], tweet: str) -> tuple[str, str]:
+    if not languages:  # no draw: streams without a mix stay what their seed always gave
+        return "en", tweet
+    draw = rng.random()
+    for mix in languages:
+        if draw < mix.share:
+            return mix.lang, rng.choice(mix.texts)
+        draw -= mix.share
+    return "en", tweet
 
 
 def write_jsonl(records: list[LabelledRecord], path: Path) -> Path:

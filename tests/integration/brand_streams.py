@@ -40,6 +40,21 @@ from tests.integration.harness import REPO_ROOT, Topics, free_port
 MINUTE = 60_000
 OutputUnion = msgspec.json.Decoder(Output)
 
+# Brands written in unspaced scripts, mentioned inside a run of text (docs/BRANDS.md, matching per script):
+# post id -> (language, text, brand).
+UNSPACED_POSTS = {
+    "zh-huawei": ("zh", "我喜欢华为手机 但是电池不太好", "Huawei"),
+    "ja-sony": ("ja", "ソニーのヘッドホンが壊れた", "Sony"),
+}
+
+
+def unspaced_brands_file(folder: Path) -> Path:
+    """The demo brands file with the brands of UNSPACED_POSTS added."""
+    path = folder / "brands.yaml"
+    demo = (REPO_ROOT / "deploy/brands/demo.yaml").read_text(encoding="utf-8")
+    path.write_text(demo + "  Huawei: '华为 OR huawei'\n  Sony: 'ソニー OR sony'\n", encoding="utf-8")
+    return path
+
 
 def mentions_for(spec: StreamSpec, embeddings: bool = False) -> list[BrandMention]:
     """With `embeddings`, each mention carries a synthetic one (synthetic.synthetic_embedding), so stories form."""

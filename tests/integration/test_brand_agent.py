@@ -26,6 +26,7 @@ from stream.tools.sample_posts import LabelledRecord, labelled_stream, load_twee
 from stream.worker import topic_partitions
 from tests.integration.brand_streams import (
     MINUTE,
+    UNSPACED_POSTS,
     brand_env,
     check_shares,
     create_topics,
@@ -40,6 +41,7 @@ from tests.integration.brand_streams import (
     reference_outputs,
     start_worker,
     story_key,
+    unspaced_brands_file,
     with_sentinels,
 )
 from tests.integration.harness import REPO_ROOT, Topics, WorkerProcess, read_outputs, wait_for_commits
@@ -341,36 +343,23 @@ async def test_a_worker_that_loses_its_partitions_commits_the_work_it_finished(
     assert all(committed.get(p, 0) >= offset for p, offset in ends.items()), (ends, committed, tail)
 
 
-# Brands written in unspaced scripts, mentioned inside a run of text (docs/BRANDS.md, matching per script).
-UNSPACED_POSTS = {
-    "zh-huawei": ("zh", "我喜欢华为手机 但是电池不太好", "Huawei"),
-    "ja-sony": ("ja", "ソニーのヘッドホンが壊れた", "Sony"),
-}
-
-
 def test_the_full_worker_commits_the_mentions_it_has_handled(kafka: LocalKafka, tmp_path: Path) -> None:
     # Ingest's commit rule once answered for every partition of the shared consumer, and never committed
     # the mentions topic: each restart re-read every retained mention, which slowed long-lived setups.
-    # A Chinese and a Japanese post mention brands inside unspaced text; the worker dead-letters languages
-    # outside SOCIALPULSE_LANGUAGES (default ["en"]), so it serves zh and ja here.
+    # A Chinese and a Japanese post mention brands inside unspaced text; no model declares ja (the worker
+    # dead-letters it as unsupported_language by default), so every language is served here.
     topics = Topics()
     records = labelled_stream(load_tweet_texts(), 300, malformed_share=0.0, seed=5)
     for post_id, (lang, text, _) in UNSPACED_POSTS.items():
         post = {"id": post_id, "text": text, "created_at": 1_795_860_100_000, "author": {"id": "u", "followers": 1}}
         records.append(LabelledRecord(msgspec.json.encode({**post, "platform": "x", "lang": lang}), post_id, None))
-    brands_file = tmp_path / "brands.yaml"
-    brands_file.write_text(
-        (REPO_ROOT / "deploy/brands/demo.yaml").read_text(encoding="utf-8")
-        + "  Huawei: '华为 OR huawei'\n  Sony: 'ソニー OR sony'\n",
-        encoding="utf-8",
-    )
     worker = WorkerProcess(
         kafka.bootstrap,
         topics,
         tmp_path,
         "worker",
-        SOCIALPULSE_BRANDS_FILE=str(brands_file),
-        SOCIALPULSE_LANGUAGES='["en", "zh", "ja"]',
+        SOCIALPULSE_BRANDS_FILE=str(unspaced_brands_file(tmp_path)),
+        SOCIALPULSE_LANGUAGES="[]",
     ).start()
     try:
         worker.wait_ready()

@@ -170,9 +170,10 @@ def test_live_page_matches_metrics(running_worker: RunningWorker, browser: objec
     )
     assert languages == [["en", f"{after.total('socialpulse_posts_delivered_total'):,.0f}"]]
 
-    ((model, _),) = after.samples["socialpulse_model_info"]
-    # The exposition sorts labels; the page keeps the registry's order.
-    assert sorted(text("model").removeprefix("model: ").split(" / ")) == sorted(v for v in model.values() if v)
+    # One entry per model the worker serves; the exposition sorts labels, the page keeps the registry's order.
+    models = [sorted(v for v in labels.values() if v) for labels, _ in after.samples["socialpulse_model_info"]]
+    shown = [sorted(part.split(" / ")) for part in text("model").removeprefix("model: ").split("; ")]
+    assert sorted(shown) == sorted(models)
     assert text("status").startswith("worker up")
 
     target = (

@@ -130,10 +130,11 @@ def test_prometheus_scrapes_the_worker(prometheus: Prometheus, exporter: Running
 
     assert prometheus.scalar("socialpulse_rebalances_total") >= 1
 
+    # One series per served model; the default model serves English.
     manifest = load_manifest(Settings().model_dir)
-    (info,) = prometheus.query("socialpulse_model_info")
-    labels = info["metric"]
-    assert (labels["name"], labels["version"]) == (manifest.name, manifest.version), labels
+    infos = {r["metric"]["name"]: r["metric"] for r in prometheus.query("socialpulse_model_info")}
+    labels = infos[manifest.name]
+    assert (labels["version"], labels["languages"]) == (manifest.version, "en"), labels
     assert labels["variant"] in {"fp32", "fp16", "int8"} and labels["provider"].endswith("ExecutionProvider"), labels
 
     lag = prometheus.query("socialpulse_consumer_lag_records")

@@ -32,7 +32,7 @@ def test_each_bucket_is_warmed_at_the_largest_batch_the_budget_allows() -> None:
 
 def test_full_budget_batches_after_start_up_grow_memory_little(default_model: Path) -> None:
     settings = Settings(model_dir=default_model, backend="cpu", model_variant="int8", intra_op_threads=1)
-    backend = build_backend(settings, load_manifest(default_model))
+    backend = build_backend(settings, default_model, load_manifest(default_model))
     process = psutil.Process()
     started = process.memory_info().rss
     shapes = random.Random(3)

@@ -33,7 +33,7 @@ def exercised_exposition() -> str:
         elif isinstance(child, Gauge):
             child.set(1)
         elif isinstance(child, Info):
-            child.info({"name": "m"})
+            child.info({"version": "1"})
         else:
             raise TypeError(f"no exercise for {type(child).__name__}; extend this helper")
     return generate_latest(metrics.registry).decode()

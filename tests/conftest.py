@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests that use a built model (the default one, the multilingual one)."""
+"""Fixtures shared by the unit and integration tests that use a built model (the default one, the multilingual one)."""
 
 from __future__ import annotations
 
