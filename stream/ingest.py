@@ -293,11 +293,10 @@ def register_ingest(app: faust.App, settings: Settings, pipeline_ready: Callable
         manual = cast(faust.Stream[bytes], stream).noack()
         async for event in manual.events():
             message = event.message
-            tracked = sequencer.track(message.tp, message.offset)
-            if tracked is None:
+            done = sequencer.track(message.tp, message.offset)
+            if done is None:
                 await manual.ack(event)
                 continue
-            done = tracked
 
             async def ack(event: Any = event, done: Callable[[], None] = done) -> None:
                 done()
