@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.behaviour import BEHAVIOUR_LABELS, load_behaviour
-from models.corpora import Language, labels_of, split_language
+from models.corpora import LANGUAGES, Language, labels_of, split_language
 from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, load_rated, split_tweets
 from models.handset import load_handset
 from models.heads import precision_recall
@@ -238,7 +238,8 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
             ),
             "samples": len(texts),
         }
-    languages = [lang for lang in manifest.languages if lang != "en"]
+    # Languages with a labelled corpus; the others a manifest declares were validated on the hand set below.
+    languages = [lang for lang in LANGUAGES if lang in manifest.languages and lang != "en"]
     results["sentiment"]["by_language"] = {
         # The English split is the held-out tweets scored above.
         "en": {
@@ -249,7 +250,7 @@ def evaluate(model_dir: Path, threads: int = 0) -> dict[str, Any]:
                 "vader": {"accuracy": results["vader"]["accuracy"], "macro_f1": results["vader"]["macro_f1"]}
             },
         },
-        **evaluate_languages(classifiers, languages),  # type: ignore[arg-type]
+        **evaluate_languages(classifiers, languages),
     }
     results["handset"] = evaluate_handset(classifiers["fp32"])
     results["test_sizes"] = {"tweets": len(tweets), "behaviour": len(posts)}

