@@ -152,6 +152,8 @@ def frozen_runner(model: MultiTaskModel, layers: int, tokenizer: Any, work_dir: 
     from models.export import INPUTS, OPSET
     from models.train import encode
 
+    # The layers must be frozen (requires_grad off, as the recipe sets them): the TorchScript exporter
+    # refuses to trace parameters that require grad into this graph's constants.
     class Lower(torch.nn.Module):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
             return lower_states(model, input_ids, attention_mask, layers)
@@ -302,6 +304,7 @@ def train_and_export(
             behaviour_cache = CachedStates(
                 frozen, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), [p.text for p in posts]
             )
+            # The session holds the 440 MB export; training needs that memory more.
             del frozen
     start = time.perf_counter()
     train_upper(model, train_cache, [r.label for r in rows], config, console)
