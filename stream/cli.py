@@ -57,7 +57,8 @@ def run(
     from models.manifest import ManifestError
     from stream.brands.query import QuerySyntaxError
     from stream.metrics import Metrics
-    from stream.worker import ServingError, build_worker_app, changelog_topics, ensure_topics
+    from stream.serving import ServingError
+    from stream.worker import build_worker_app, changelog_topics, ensure_topics
 
     settings = Settings() if role is None else Settings(role=role.value)
     try:

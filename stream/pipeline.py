@@ -38,6 +38,7 @@ from stream.emit import Emitter, Enriched, now_ms
 from stream.infer import Prediction, predict
 from stream.metrics import Metrics
 from stream.schema import ModelRef, RejectReason
+from stream.serving import route
 from stream.validate import Rejection, SourceRef, Validator, ValidPost
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,6 @@ class Lane:
         ratio = self.busy_seconds / max(now - self.busy_since, 1e-9)
         self.busy_seconds, self.busy_since = 0.0, now
         return min(ratio, 1.0)
-
-
-def route(lanes: Sequence[Lane], language: str) -> Lane:
-    """The first lane that serves `language`; a language none declares (a low-confidence detection, or every
-    language served) goes to the last lane, the multilingual model when there are two."""
-    return next((lane for lane in lanes if language in lane.languages), lanes[-1])
 
 
 class Pipeline:

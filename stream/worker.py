@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from mode import Service
 
 from models.language import detect_language, primary_language
-from models.manifest import MANIFEST_FILE, Manifest, load_manifest
+from models.manifest import Manifest
 from stream.backends import InferenceBackend, select_backend
 from stream.batch import Batcher
 from stream.brands.agent import register_brand_agents
@@ -31,6 +30,7 @@ from stream.ingest import OffsetSequencer, register_ingest, worker_transport
 from stream.kafka_auth import start_client
 from stream.metrics import Metrics
 from stream.pipeline import BatchObserver, Lane, Pipeline, Ticket
+from stream.serving import UNDECLARED_LANGUAGES, LanePlan, ServingPlan, plan_serving
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
 from stream.validate import Validator
@@ -88,74 +88,6 @@ def _faust_credentials(settings: Settings) -> Any:
     if settings.kafka_ssl_context is not None:
         return faust.SSLCredentials(settings.kafka_ssl_context)
     return None
-
-
-# A manifest that declares no languages predates the field: the English MiniLM builds, which the worker served
-# as SOCIALPULSE_LANGUAGES' old default, ["en"]. Offline tools that classify with model_dir alone serve it too.
-UNDECLARED_LANGUAGES = frozenset({"en"})
-BUILD_MULTILINGUAL = "socialpulse models build --recipe multilingual"
-
-
-class ServingError(ValueError):
-    """The settings ask the worker to serve languages or models it does not have."""
-
-
-@dataclass(frozen=True, slots=True)
-class LanePlan:
-    model_dir: Path
-    manifest: Manifest
-    # Routed here (the primary's declared languages; the second model's beyond those).
-    languages: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ServingPlan:
-    lanes: list[LanePlan]
-    # What validation lets through; empty: every language (those no lane declares go to the last lane).
-    served: frozenset[str]
-
-
-def declared_languages(manifest: Manifest) -> frozenset[str]:
-    return frozenset(manifest.languages) or UNDECLARED_LANGUAGES
-
-
-def plan_serving(settings: Settings) -> ServingPlan:
-    """Which models the worker loads and which languages it serves, from the manifests (cheap: JSON only).
-
-    Refuses at start, before any model loads, what would otherwise dead-letter a whole language at run time.
-    """
-    primary = load_manifest(settings.model_dir)
-    lanes = [LanePlan(settings.model_dir, primary, declared_languages(primary))]
-    second_dir = settings.multilingual_model_dir
-    if second_dir is not None and not (second_dir / MANIFEST_FILE).is_file():
-        if "multilingual_model_dir" in settings.model_fields_set:
-            raise ServingError(
-                f"SOCIALPULSE_MULTILINGUAL_MODEL_DIR={second_dir} holds no {MANIFEST_FILE}: build it with "
-                f"`{BUILD_MULTILINGUAL}`, or set it empty to serve {sorted(lanes[0].languages)} only"
-            )
-        log.warning(
-            "no multilingual model at %s: serving %s only (build it with `%s`)",
-            second_dir,
-            sorted(lanes[0].languages),
-            BUILD_MULTILINGUAL,
-        )
-    elif second_dir is not None and second_dir.resolve() != settings.model_dir.resolve():
-        manifest = load_manifest(second_dir)
-        extra = declared_languages(manifest) - lanes[0].languages
-        if extra:
-            lanes.append(LanePlan(second_dir, manifest, extra))
-        else:
-            log.warning("%s declares no language %s does not; not loaded", second_dir, settings.model_dir)
-    declared = frozenset().union(*(lane.languages for lane in lanes))
-    if settings.languages is None:
-        return ServingPlan(lanes, declared)
-    served = frozenset(settings.languages)
-    if unserved := sorted(served - declared):
-        raise ServingError(
-            f"SOCIALPULSE_LANGUAGES names {unserved}, which no loaded model declares (they serve {sorted(declared)}"
-            f"; `[]` lets every language through to {lanes[-1].manifest.name}, unvalidated)"
-        )
-    return ServingPlan(lanes, served)
 
 
 def build_backend(settings: Settings, model_dir: Path, manifest: Manifest) -> InferenceBackend:

@@ -591,7 +591,7 @@ def stream_languages(records: list[LabelledRecord]) -> dict[str, int]:
 
 def mixed_stream_languages(settings: Settings) -> list[LanguageMix]:
     """zh and es when the worker these settings start serves them (the routed pair, by default), else none."""
-    from stream.worker import plan_serving
+    from stream.serving import plan_serving
 
     served = plan_serving(settings).served
     return held_out_mix(MIXED_SHARE) if not served or {"zh", "es"} <= served else []

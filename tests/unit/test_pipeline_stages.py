@@ -26,10 +26,10 @@ from stream.emit import Emitter, Topics
 from stream.metrics import Metrics
 from stream.pipeline import Lane, Pipeline, PipelineFailed, Ticket
 from stream.schema import RejectReason
+from stream.serving import ServingError, plan_serving
 from stream.settings import Settings
 from stream.tokenize import PostTokenizer
 from stream.validate import SourceRef, Validator
-from stream.worker import ServingError, plan_serving
 
 MANIFEST = Manifest(
     name="m",
@@ -281,7 +281,7 @@ async def test_posts_one_model_cannot_run_are_dead_lettered_while_the_other_lane
     assert sorted(acked) == [0, 1, 2, 3]
 
 
-# Which models serve which languages (stream/worker.py: plan_serving reads the manifests only).
+# Which models serve which languages (stream/serving.py: plan_serving reads the manifests only).
 
 
 @pytest.fixture
@@ -346,7 +346,8 @@ import sys
 from pathlib import Path
 from stream.settings import Settings
 from stream.tools.sample_posts import held_out_mix
-from stream.worker import build_backend, plan_serving
+from stream.serving import plan_serving
+from stream.worker import build_backend
 settings = Settings(model_dir=Path({str(default_model)!r}), multilingual_model_dir=Path({str(multilingual_model)!r}),
                     max_batch_tokens=256)
 plan = plan_serving(settings)
