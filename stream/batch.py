@@ -4,8 +4,9 @@ A window is everything queued when a batch is due (up to `sort_window` posts). I
 `encode_batch` call (a post's extra texts too: the per-brand spans of a multi-brand post, which run as extra
 rows of the post's batch), sorted by length and sliced into batches whose padded cost (n x padded length) stays
 under `max_batch_tokens`. A batch is due when the queue holds a full batch or the oldest post has waited
-`max_wait_ms`. Queued plus running tokens are bounded: `put` blocks above `max_inflight_tokens`, which
-stops the agent pulling records, so Faust pauses the partitions instead of buffering without bound.
+`max_wait_ms`. Queued plus running tokens are bounded by one `TokenBudget` that every lane's batcher
+charges: `put` blocks above `max_inflight_tokens` in all, which stops the agent pulling records, so Faust
+pauses the partitions instead of buffering without bound.
 """
 
 from __future__ import annotations
@@ -44,6 +45,45 @@ def slice_by_budget(
     if start < len(lengths):
         batches.append(range(start, len(lengths)))
     return batches
+
+
+class TokenBudget:
+    """Tokens queued or running, bounded across the batchers that share it (one per lane): with a budget per
+    lane, a worker serving two models held twice the tokens `max_inflight_tokens` promised."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.inflight = 0
+        # First come, first served: a large job is not overtaken for ever by small ones.
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, tokens: int) -> bool:
+        # A lone job larger than the bound is let through, or it would wait forever.
+        return self.inflight == 0 or self.inflight + tokens <= self.max_tokens
+
+    async def acquire(self, tokens: int) -> None:
+        if not self._waiting and self._fits(tokens):
+            self.inflight += tokens
+            return
+        granted = asyncio.get_running_loop().create_future()
+        entry = (tokens, granted)
+        self._waiting.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.cancelled():
+                self._waiting.remove(entry)
+            else:  # granted, then cancelled before the waiter ran: give the tokens back
+                self.change(-tokens)
+            raise
+
+    def change(self, tokens: int) -> None:
+        """Charge (positive) or free (negative) tokens; waiters that now fit are let in, in order."""
+        self.inflight += tokens
+        while self._waiting and self._fits(self._waiting[0][0]):
+            waiting, granted = self._waiting.popleft()
+            self.inflight += waiting
+            granted.set_result(None)
 
 
 @dataclass(slots=True)
@@ -106,7 +146,7 @@ class Batcher(Generic[Ticket]):
         max_wait_ms: float,
         sort_window: int,
         pad_multiple: int,
-        max_inflight_tokens: int,
+        budget: TokenBudget,
     ) -> None:
         self._tokenizer = tokenizer
         self._max_batch_tokens = max_batch_tokens
@@ -114,9 +154,10 @@ class Batcher(Generic[Ticket]):
         self._max_wait = max_wait_ms / 1000.0
         self._sort_window = sort_window
         self._pad_multiple = pad_multiple
-        self._max_inflight = max_inflight_tokens
+        self._budget = budget
         self._queue: deque[Job[Ticket]] = deque()
         self._queued_tokens = 0
+        # This batcher's share of the budget (queued and running here).
         self.inflight_tokens = 0
         self._changed = asyncio.Condition()
 
@@ -125,11 +166,8 @@ class Batcher(Generic[Ticket]):
         return min(self._tokenizer.max_seq_len, len(text) // 4 + 2)
 
     async def put(self, job: Job[Ticket]) -> None:
+        await self._budget.acquire(job.tokens)
         async with self._changed:
-            # A lone job larger than the bound is let through, or it would wait forever.
-            await self._changed.wait_for(
-                lambda: self.inflight_tokens == 0 or self.inflight_tokens + job.tokens <= self._max_inflight
-            )
             self._queue.append(job)
             self._queued_tokens += job.tokens
             self.inflight_tokens += job.tokens
@@ -137,9 +175,8 @@ class Batcher(Generic[Ticket]):
 
     async def release(self, tokens: int) -> None:
         """Called once a batch's outputs are acknowledged, freeing room for new posts."""
-        async with self._changed:
-            self.inflight_tokens -= tokens
-            self._changed.notify_all()
+        self.inflight_tokens -= tokens
+        self._budget.change(-tokens)
 
     def _full_batch_queued(self) -> bool:
         return len(self._queue) >= self._max_batch_size or self._queued_tokens >= self._max_batch_tokens
@@ -172,9 +209,8 @@ class Batcher(Generic[Ticket]):
             tokens = len(ids) + sum(len(extra) for extra in job.extra_ids)
             correction += tokens - job.tokens
             job.ids, job.truncated, job.tokens = ids, truncated, tokens
-        async with self._changed:
-            self.inflight_tokens += correction
-            self._changed.notify_all()
+        self.inflight_tokens += correction
+        self._budget.change(correction)
         return elapsed
 
     async def batches(self) -> AsyncIterator[Batch[Ticket]]:

@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     sort_window: int = Field(512, description="Queued posts sorted by length together to cut padding.")
     pad_multiple: int = 8
     max_inflight_tokens: int = Field(
-        65_536, description="Tokens queued or running; above it the agent stops taking records (pause)."
+        65_536,
+        description="Tokens queued or running, all models together; above it the agent stops taking records (pause).",
     )
     max_inflight_dead_letters: int = Field(
         1024, description="Dead letters being sent at once; past it the agent waits (rejections' backpressure)."

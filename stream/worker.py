@@ -20,7 +20,7 @@ from mode import Service
 from models.language import detect_language, primary_language
 from models.manifest import Manifest
 from stream.backends import InferenceBackend, select_backend
-from stream.batch import Batcher
+from stream.batch import Batcher, TokenBudget
 from stream.brands.agent import register_brand_agents
 from stream.brands.model import ShareOfVoice
 from stream.brands.query import Matcher, ReloadingCatalog
@@ -158,6 +158,8 @@ class PipelineService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._pipeline: Pipeline | None = None
         self._lag_probe = LagProbe(settings)
+        # One bound for every lane's queued and running tokens.
+        self._budget = TokenBudget(settings.max_inflight_tokens)
 
     async def pipeline(self) -> Pipeline:
         if self._ready is None:
@@ -236,7 +238,7 @@ class PipelineService(Service):
             max_wait_ms=settings.max_wait_ms,
             sort_window=settings.sort_window,
             pad_multiple=settings.pad_multiple,
-            max_inflight_tokens=settings.max_inflight_tokens,
+            budget=self._budget,
         )
 
     async def _watch_failure(self, pipeline: Pipeline) -> None:

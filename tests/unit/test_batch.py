@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from stream.batch import Batch, Batcher, Job, slice_by_budget
+from stream.batch import Batch, Batcher, Job, TokenBudget, slice_by_budget
 from stream.tokenize import PostTokenizer, pad, padded_length
 
 WORDS = [f"w{i}" for i in range(200)]
@@ -42,7 +42,8 @@ def make_batcher(tokenizer_file: Path, **overrides: float) -> Batcher[int]:
         "max_inflight_tokens": 100_000,
     }
     options.update(overrides)
-    return Batcher(PostTokenizer(tokenizer_file, max_seq_len=64, pad_token_id=0), **options)  # type: ignore[arg-type]
+    budget = TokenBudget(int(options.pop("max_inflight_tokens")))
+    return Batcher(PostTokenizer(tokenizer_file, max_seq_len=64, pad_token_id=0), budget=budget, **options)  # type: ignore[arg-type]
 
 
 def test_padded_length_rounds_up_to_multiple() -> None:
@@ -132,6 +133,48 @@ async def test_put_blocks_at_inflight_bound_until_release(tokenizer_file: Path) 
     await batcher.release(6)
     await asyncio.wait_for(third, timeout=1)
     assert batcher.inflight_tokens == 12
+
+
+async def test_lanes_sharing_a_budget_are_bounded_together(tokenizer_file: Path) -> None:
+    budget = TokenBudget(12)
+    english, multilingual = (
+        Batcher(PostTokenizer(tokenizer_file, max_seq_len=64, pad_token_id=0), 256, 8, 30, 64, 8, budget)
+        for _ in range(2)
+    )
+    await english.put(Job(text=text_of(4), ticket=1, tokens=6))
+    await multilingual.put(Job(text=text_of(4), ticket=2, tokens=6))
+    third = asyncio.create_task(multilingual.put(Job(text=text_of(4), ticket=3, tokens=6)))
+    await asyncio.sleep(0.05)
+    assert not third.done(), "the second lane must not take tokens the first holds"
+    await english.release(6)
+    await asyncio.wait_for(third, timeout=1)
+    assert (english.inflight_tokens, multilingual.inflight_tokens, budget.inflight) == (0, 12, 12)
+
+
+async def test_budget_waiters_go_in_order_and_a_cancelled_one_holds_nothing() -> None:
+    budget = TokenBudget(10)
+    await budget.acquire(10)
+    large = asyncio.create_task(budget.acquire(8))
+    small = asyncio.create_task(budget.acquire(2))
+    cancelled = asyncio.create_task(budget.acquire(1))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    budget.change(-5)
+    await asyncio.sleep(0.01)
+    assert not large.done() and not small.done(), "a smaller job must not overtake a waiting larger one"
+    budget.change(-5)
+    await asyncio.wait_for(asyncio.gather(large, small), timeout=1)
+    assert budget.inflight == 10
+    # Granted and cancelled before it ran: the tokens go back.
+    budget.change(-10)
+    await budget.acquire(10)
+    granted_late = asyncio.create_task(budget.acquire(3))
+    await asyncio.sleep(0.01)
+    budget.change(-10)
+    granted_late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await granted_late
+    assert budget.inflight == 0
 
 
 def test_rows_count_toward_batch_size() -> None:

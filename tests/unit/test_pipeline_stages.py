@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from models.manifest import Head, Manifest, Source, Variant, write_manifest
 from stream.backends.base import Outputs
 from stream.backends.null import NullBackend
-from stream.batch import Batcher, Job
+from stream.batch import Batcher, Job, TokenBudget
 from stream.emit import Emitter, Topics
 from stream.metrics import Metrics
 from stream.pipeline import Lane, Pipeline, PipelineFailed, Ticket
@@ -59,7 +59,7 @@ def small_batcher(tokenizer_file: Path, batch_size: int) -> Batcher[Ticket]:
         max_wait_ms=5,
         sort_window=batch_size,
         pad_multiple=8,
-        max_inflight_tokens=10_000,
+        budget=TokenBudget(10_000),
     )
 
 
