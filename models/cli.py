@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
 
 from models.paths import default_model_dir
+
+if TYPE_CHECKING:
+    from models.runtime import OnnxClassifier
+    from stream.infer import Prediction
 
 app = typer.Typer(help="Train, export and evaluate the ONNX classifiers.", no_args_is_help=True)
 
@@ -180,18 +185,34 @@ def _chunks(lines: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
 
 def classify(
     model_dir: ModelDir = None,
+    multilingual_model_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="A second model for the languages it declares beyond --model-dir's, routed as the worker routes "
+            "(default: SOCIALPULSE_MULTILINGUAL_MODEL_DIR's; '' classifies everything with --model-dir)."
+        ),
+    ] = None,
     variant: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: best for this machine).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Posts per inference batch.")] = 32,
     embedding: Annotated[bool, typer.Option(help="Include the sentence embedding in each result.")] = False,
 ) -> None:
-    """Classify JSON-lines posts ({"id":..., "text":...}) from stdin; one JSON result per line on stdout."""
+    """Classify JSON-lines posts ({"id":..., "text":...}) from stdin; one JSON result per line on stdout.
+
+    Each post goes to the model that serves its detected language, as in the worker (stream/serving.py)."""
     from models.language import detect_language
     from models.runtime import OnnxClassifier
+    from stream.serving import plan_serving, route
+    from stream.settings import Settings
 
-    classifier = OnnxClassifier.from_dir(model_dir or default_model_dir(), variant)
+    dirs: dict[str, Any] = {"model_dir": model_dir or default_model_dir()}
+    if multilingual_model_dir is not None:
+        dirs["multilingual_model_dir"] = multilingual_model_dir
+    lanes = [
+        _Lane(OnnxClassifier.from_dir(lane.model_dir, variant), lane.languages)
+        for lane in plan_serving(Settings(**dirs)).lanes
+    ]
     decoder = msgspec.json.Decoder(_Post)
     encoder = msgspec.json.Encoder()
-    activations = {head.name: head.activation for head in classifier.manifest.heads}
     out = sys.stdout.buffer
     for chunk in _chunks((line for line in sys.stdin.buffer if line.strip()), batch_size):
         posts: list[_Post | str] = []
@@ -201,22 +222,43 @@ def classify(
             except msgspec.DecodeError as error:
                 posts.append(f"invalid post: {error}")
         valid = [p for p in posts if isinstance(p, _Post)]
-        predictions = iter(classifier.classify([p.text for p in valid], batch_size))
+        languages = [detect_language(p.text) for p in valid]
+        served_by = [route(lanes, code) for code, _ in languages]
+        predictions: dict[int, tuple[_Lane, Prediction]] = {}
+        for lane in lanes:
+            mine = [i for i, chosen in enumerate(served_by) if chosen is lane]
+            classified = lane.classifier.classify([valid[i].text for i in mine], batch_size)
+            for i, prediction in zip(mine, classified, strict=True):
+                predictions[i] = lane, prediction
+        index = iter(range(len(valid)))
         for post in posts:
             if isinstance(post, str):
                 out.write(encoder.encode({"id": None, "error": post}) + b"\n")
                 continue
-            prediction = next(predictions)
-            code, confidence = detect_language(post.text)
+            i = next(index)
+            lane, prediction = predictions[i]
+            code, confidence = languages[i]
             result: dict[str, Any] = {"id": post.id}
             for name, head in prediction.heads.items():
-                if activations[name] == "softmax":
+                if lane.activations[name] == "softmax":
                     result[name] = {"label": head.labels[0], "scores": head.scores}
                 else:
                     result[name] = {"labels": head.labels, "scores": head.scores}
             result["language"] = {"code": code, "confidence": round(confidence, 4)}
             if embedding and prediction.embedding is not None:
                 result["embedding"] = prediction.embedding.tolist()
-            result["model_version"] = classifier.version
+            result["model_version"] = lane.classifier.version
             out.write(encoder.encode(result) + b"\n")
         out.flush()
+
+
+@dataclass
+class _Lane:
+    """One model of `classify` and the languages routed to it."""
+
+    classifier: OnnxClassifier
+    languages: frozenset[str]
+    activations: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.activations = {head.name: head.activation for head in self.classifier.manifest.heads}

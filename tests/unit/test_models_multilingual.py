@@ -224,11 +224,10 @@ POSTS = [
 ]
 
 
-@pytest.mark.multilingual_model
-def test_classify_serves_the_multilingual_model(multilingual_model: Path) -> None:
+def _classify(*args: str) -> list[dict[str, Any]]:
     lines = "".join(json.dumps({"id": i, "text": text}) + "\n" for i, (_, _, text) in enumerate(POSTS))
     result = subprocess.run(
-        [sys.executable, "-c", CLASSIFY, "classify", "--model-dir", str(multilingual_model)],
+        [sys.executable, "-c", CLASSIFY, "classify", *args],
         input=lines,
         capture_output=True,
         text=True,
@@ -236,7 +235,26 @@ def test_classify_serves_the_multilingual_model(multilingual_model: Path) -> Non
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    results = [json.loads(line) for line in result.stdout.splitlines()]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.multilingual_model
+def test_classify_serves_the_multilingual_model(multilingual_model: Path) -> None:
+    results = _classify("--model-dir", str(multilingual_model))
     assert [r["sentiment"]["label"] for r in results] == [label for _, label, _ in POSTS]
     assert [r["language"]["code"] for r in results] == [lang for lang, _, _ in POSTS]
     assert all(r["model_version"].startswith("socialpulse-e5-multilingual-multitask-") for r in results)
+
+
+@pytest.mark.multilingual_model
+@pytest.mark.default_model
+def test_classify_routes_each_language_as_the_worker_does(default_model: Path, multilingual_model: Path) -> None:
+    results = _classify("--model-dir", str(default_model), "--multilingual-model-dir", str(multilingual_model))
+    assert [r["id"] for r in results] == list(range(len(POSTS)))
+    assert [r["language"]["code"] for r in results] == [lang for lang, _, _ in POSTS]
+    assert [r["sentiment"]["label"] for r in results] == [label for _, label, _ in POSTS]
+    expected = [
+        "socialpulse-minilm-multitask-" if lang == "en" else "socialpulse-e5-multilingual-multitask-"
+        for lang, _, _ in POSTS
+    ]
+    assert [r["model_version"][: len(prefix)] for r, prefix in zip(results, expected, strict=True)] == expected
