@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -218,6 +219,10 @@ class PipelineService(Service):
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
         self._ready.set_result(self._pipeline)
+        # The models, lexicons and Faust are loaded: every full collection would walk them again, for nothing
+        # (they live as long as the worker). Frozen, the ceiling drained 10 % more posts/s (bench/README.md).
+        gc.collect()
+        gc.freeze()
         self.metrics.worker_up.set(1)
         log.info(
             "socialpulse pipeline ready: %s; serving %s",
