@@ -53,6 +53,7 @@ def run(
 ) -> None:
     """Run the stream worker (settings from SOCIALPULSE_* env vars)."""
     import faust
+    import mode.loop
 
     from models.manifest import ManifestError
     from stream.brands.query import QuerySyntaxError
@@ -61,6 +62,8 @@ def run(
     from stream.worker import build_worker_app, changelog_topics, ensure_topics
 
     settings = Settings() if role is None else Settings(role=role.value)
+    # Before anything makes a loop: Faust's worker takes it from the policy.
+    mode.loop.use({"uvloop": "uvloop", "asyncio": "aio"}[settings.event_loop])
     try:
         worker_app, _ = build_worker_app(settings, Metrics())
     # A broken brands file (its place), a missing model or languages no model serves: the fix, not a traceback.

@@ -233,6 +233,7 @@ class PipelineService(Service):
             ),
             sorted(self._plan.served) or "every language",
         )
+        log.info("event loop: %s", type(asyncio.get_running_loop()).__module__)
 
     def _batcher(self, lane: LanePlan) -> Batcher[Ticket]:
         settings = self.settings
