@@ -32,7 +32,8 @@ def text_of(words: int) -> str:
     return " ".join(WORDS[:words])
 
 
-def make_batcher(tokenizer_file: Path, **overrides: float) -> Batcher[int]:
+def make_batcher(tokenizer_file: Path, budget: TokenBudget | None = None, **overrides: float) -> Batcher[int]:
+    """A batcher with its own budget of `max_inflight_tokens`, or charging `budget` (shared with other lanes)."""
     options: dict[str, float] = {
         "max_batch_tokens": 256,
         "max_batch_size": 8,
@@ -42,7 +43,8 @@ def make_batcher(tokenizer_file: Path, **overrides: float) -> Batcher[int]:
         "max_inflight_tokens": 100_000,
     }
     options.update(overrides)
-    budget = TokenBudget(int(options.pop("max_inflight_tokens")))
+    budget = budget or TokenBudget(int(options["max_inflight_tokens"]))
+    del options["max_inflight_tokens"]
     return Batcher(PostTokenizer(tokenizer_file, max_seq_len=64, pad_token_id=0), budget=budget, **options)  # type: ignore[arg-type]
 
 
@@ -123,32 +125,21 @@ async def test_full_batch_is_cut_without_waiting(tokenizer_file: Path) -> None:
     assert len(batches[0].jobs) == 4
 
 
-async def test_put_blocks_at_inflight_bound_until_release(tokenizer_file: Path) -> None:
-    batcher = make_batcher(tokenizer_file, max_inflight_tokens=12)
-    await batcher.put(Job(text=text_of(4), ticket=1, tokens=6))
-    await batcher.put(Job(text=text_of(4), ticket=2, tokens=6))
-    third = asyncio.create_task(batcher.put(Job(text=text_of(4), ticket=3, tokens=6)))
+@pytest.mark.parametrize("lanes", [1, 2])
+async def test_put_blocks_at_inflight_bound_until_release(tokenizer_file: Path, lanes: int) -> None:
+    # Two lanes share one budget: the second must not take tokens the first holds.
+    budget = TokenBudget(12)
+    batchers = [make_batcher(tokenizer_file, budget) for _ in range(lanes)]
+    first, last = batchers[0], batchers[-1]
+    await first.put(Job(text=text_of(4), ticket=1, tokens=6))
+    await last.put(Job(text=text_of(4), ticket=2, tokens=6))
+    third = asyncio.create_task(last.put(Job(text=text_of(4), ticket=3, tokens=6)))
     await asyncio.sleep(0.05)
     assert not third.done(), "a put over the in-flight bound must wait (backpressure), not buffer"
-    await batcher.release(6)
+    await first.release(6)
     await asyncio.wait_for(third, timeout=1)
-    assert batcher.inflight_tokens == 12
-
-
-async def test_lanes_sharing_a_budget_are_bounded_together(tokenizer_file: Path) -> None:
-    budget = TokenBudget(12)
-    english, multilingual = (
-        Batcher(PostTokenizer(tokenizer_file, max_seq_len=64, pad_token_id=0), 256, 8, 30, 64, 8, budget)
-        for _ in range(2)
-    )
-    await english.put(Job(text=text_of(4), ticket=1, tokens=6))
-    await multilingual.put(Job(text=text_of(4), ticket=2, tokens=6))
-    third = asyncio.create_task(multilingual.put(Job(text=text_of(4), ticket=3, tokens=6)))
-    await asyncio.sleep(0.05)
-    assert not third.done(), "the second lane must not take tokens the first holds"
-    await english.release(6)
-    await asyncio.wait_for(third, timeout=1)
-    assert (english.inflight_tokens, multilingual.inflight_tokens, budget.inflight) == (0, 12, 12)
+    assert [batcher.inflight_tokens for batcher in batchers] == ([12] if lanes == 1 else [0, 12])
+    assert budget.inflight == 12
 
 
 async def test_budget_waiters_go_in_order_and_a_cancelled_one_holds_nothing() -> None:
