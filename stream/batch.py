@@ -173,7 +173,7 @@ class Batcher(Generic[Ticket]):
             self.inflight_tokens += job.tokens
             self._changed.notify_all()
 
-    async def release(self, tokens: int) -> None:
+    def release(self, tokens: int) -> None:
         """Called once a batch's outputs are acknowledged, freeing room for new posts."""
         self.inflight_tokens -= tokens
         self._budget.change(-tokens)

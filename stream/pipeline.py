@@ -351,7 +351,7 @@ class Pipeline:
         self._metrics.stage.labels("produce", lane.name).observe(time.perf_counter() - started)
         for job, _ in served:
             await job.ticket.ack()
-        await lane.batcher.release(batch.charged_tokens)
+        lane.batcher.release(batch.charged_tokens)
         self._observe_delivered(enriched, produced)
 
     def _observe_delivered(self, enriched: list[Enriched], produced: dict[str, list[str]]) -> None:

@@ -136,7 +136,7 @@ async def test_put_blocks_at_inflight_bound_until_release(tokenizer_file: Path, 
     third = asyncio.create_task(last.put(Job(text=text_of(4), ticket=3, tokens=6)))
     await asyncio.sleep(0.05)
     assert not third.done(), "a put over the in-flight bound must wait (backpressure), not buffer"
-    await first.release(6)
+    first.release(6)
     await asyncio.wait_for(third, timeout=1)
     assert [batcher.inflight_tokens for batcher in batchers] == ([12] if lanes == 1 else [0, 12])
     assert budget.inflight == 12
