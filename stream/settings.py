@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",
         description="The worker's event loop. uvloop (libuv) runs the loop, its sockets and callbacks in C: the "
-        "null-backend ceiling drained 8-12 % more posts/s than with asyncio's (bench/README.md).",
+        "null-backend ceiling drained 8-14 % more posts/s than with asyncio's (bench/README.md).",
     )
     broker_session_timeout_s: float = 10.0
     broker_heartbeat_interval_s: float = 1.0
