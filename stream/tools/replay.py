@@ -15,6 +15,8 @@ from stream.emit import now_ms
 from stream.kafka_auth import start_client
 from stream.validate import parse_created_at
 
+HOLD_POLL_S = 0.05
+
 
 def read_records(path: Path, retime: bool) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, value) as they will be sent: keyed by post id, so a duplicate lands on its original's partition
@@ -52,8 +54,13 @@ async def replay(
     show_progress: bool = True,
     client_options: dict[str, object] | None = None,
     on_sent: Callable[[int], None] | None = None,
+    hold: Callable[[int], bool] | None = None,
 ) -> int:
-    """Send posts at `rate` per second (0: as fast as possible); returns how many were acknowledged."""
+    """Send posts at `rate` per second (0: as fast as possible); returns how many were acknowledged.
+
+    `hold(sent)`, when given, is asked before each send; while it says yes the replay waits, then keeps its
+    rate from there instead of bursting to catch up (the demo holds back while the worker is behind).
+    """
     total = sum(1 for _ in read_records(path, retime=False))
     if limit is not None:
         total = min(total, limit)
@@ -77,6 +84,10 @@ async def replay(
             task = progress.add_task("replay", total=total, rate="")
             records = read_records(path, retime)
             for sent in range(1, total + 1):
+                if hold is not None and hold(sent - 1):
+                    while hold(sent - 1):
+                        await asyncio.sleep(HOLD_POLL_S)
+                    started = time.monotonic() - (sent - 1) / rate if rate > 0 else started
                 if rate > 0:
                     # Pace against the schedule, not the previous send, so the mean rate holds.
                     delay = started + (sent - 1) / rate - time.monotonic()
