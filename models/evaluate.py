@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.behaviour import BEHAVIOUR_LABELS, load_behaviour
-from models.corpora import LANGUAGES, Language, labels_of, split_language
+from models.corpora import LANGUAGES, LabelledText, Language, labels_of, split_language
 from models.data import SENTIMENT_LABELS, SPLIT_SEED, TEST_FRACTION, RatedText, load_rated, split_tweets
 from models.handset import load_handset
 from models.heads import precision_recall
@@ -68,15 +68,19 @@ def restricted_report(truth: Sequence[int], logits: npt.NDArray[np.float32], all
     return {"accuracy": report["accuracy"], "macro_f1": round(float(np.mean(f1s)), 4), "test_size": len(truth)}
 
 
-def tfidf_lr_predictions(lang: Language, texts: Sequence[str]) -> list[int]:
-    """TF-IDF (character 1-3-grams for zh, word 1-2-grams otherwise) + logistic regression on lang's training split.
+def tfidf_lr_predictions(
+    lang: Language, texts: Sequence[str], train: Sequence[LabelledText] | None = None
+) -> list[int]:
+    """TF-IDF (character 1-3-grams for zh, word 1-2-grams otherwise) + logistic regression on lang's training
+    split (or `train`).
 
     sklearn's defaults (C=1) and balanced class weights, chosen before looking at any test score.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    train, _ = split_language(lang)
+    if train is None:
+        train, _ = split_language(lang)
     analyzer, ngrams = ("char", (1, 3)) if lang == "zh" else ("word", (1, 2))
     vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True)
     features = vectorizer.fit_transform([r.text for r in train])

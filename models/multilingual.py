@@ -58,21 +58,21 @@ class MultilingualConfig(msgspec.Struct, frozen=True):
     seed: int = 13
     # Training length; serving truncates at MAX_SEQ_LEN. A quarter of the zh reviews pass 64 tokens.
     max_len: int = 96
-    # Measured on the shared 2-core machine: the frozen layers cost about 25 ms a post in ONNX Runtime (one
-    # pass per distinct sentence), a training step on 2 layers about 0.5 s per 32 posts; 2 layers x 2 epochs
-    # on ~10k rows keep the build near the time in models/MODEL_CARD.md, "Build time".
+    # Chosen on validation sentences carved out of the training splits, never the held-out ones
+    # (`socialpulse models variants`; MODEL_CARD.md, Training). Every zh training review once at lr 4e-4
+    # scored as well as two epochs at 2e-4 or four trained layers, at about half their training time.
     trainable_layers: int = 2
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 4e-4
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     # Training sentences per language (absent: the whole training split): seeded, label-stratified subsamples.
-    train_sizes: dict[str, int] = msgspec.field(default_factory=lambda: {"en": 1800, "zh": 6000})
-    # Times each language's training sentences are seen per epoch (absent: once): es has 798 sentences among
-    # ~8,600, and seen once it fell behind as zh grew (MODEL_CARD.md, Training).
-    repeats: dict[str, int] = msgspec.field(default_factory=lambda: {"es": 3})
+    train_sizes: dict[str, int] = msgspec.field(default_factory=lambda: {"en": 1800})
+    # Times each language's training sentences are seen per epoch (absent: once): es has 798 tweets among
+    # ~19,000 rows, and seen less often it falls behind (MODEL_CARD.md, Training).
+    repeats: dict[str, int] = msgspec.field(default_factory=lambda: {"es": 6})
     text_prefix: str = "query: "
     threads: int = 2
 
@@ -87,12 +87,37 @@ def served_languages(trained: Sequence[str], handset: dict[str, Any]) -> list[st
     return [*trained, *validated]
 
 
-def training_rows(config: MultilingualConfig) -> list[LabelledText]:
+def training_rows(
+    config: MultilingualConfig, splits: dict[str, list[LabelledText]] | None = None
+) -> list[LabelledText]:
+    """The rows one epoch trains on, from each language's training split (or `splits`, where given)."""
     rows: list[LabelledText] = []
     for lang in config.languages:
-        train, _ = split_language(lang)
+        train = splits[lang] if splits is not None else split_language(lang)[0]
         rows += subsample(train, config.train_sizes.get(lang), config.seed) * config.repeats.get(lang, 1)
     return rows
+
+
+def encoder_pad_id(folder: Path) -> int:
+    return int(msgspec.json.decode((folder / "config.json").read_bytes()).get("pad_token_id", 0))
+
+
+def load_model(config: MultilingualConfig, folder: Path) -> tuple[MultiTaskModel, int]:
+    """The encoder with fresh heads, every layer below the trained ones frozen; (model, first trained layer)."""
+    from transformers import AutoModel
+
+    from models.train import MultiTaskModel, seed_everything
+
+    seed_everything(config.seed)
+    # E5 has no pooler; without add_pooling_layer=False transformers would make a random one.
+    model = MultiTaskModel(AutoModel.from_pretrained(str(folder), add_pooling_layer=False))
+    model.eval()
+    first = model.encoder.config.num_hidden_layers - config.trainable_layers
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad_(False)
+    for layer in model.encoder.encoder.layer[first:]:  # type: ignore[union-attr,index]
+        layer.requires_grad_(True)
+    return model, first
 
 
 def write_prefixed_tokenizer(source: Path, target: Path, prefix: str) -> None:
@@ -186,20 +211,25 @@ def frozen_runner(model: MultiTaskModel, layers: int, tokenizer: Any, work_dir: 
 class CachedStates:
     """Per-text frozen-layer hidden states (fp16, unpadded), re-padded per training batch."""
 
-    def __init__(self, run: LowerRunner, tokenizer: Any, texts: Sequence[str]) -> None:
+    def __init__(self, run: LowerRunner, tokenizer: Any, texts: Sequence[str], console: Console) -> None:
         import torch
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from models.runtime import encode
 
         # A text repeated in the rows (a language weighted up) runs once and shares its states.
         distinct = sorted(dict.fromkeys(texts), key=len)
         by_text: dict[str, torch.Tensor] = {}
-        for start in range(0, len(distinct), 64):
-            chunk = distinct[start : start + 64]
-            input_ids, attention_mask = encode(tokenizer, chunk)
-            hidden = torch.from_numpy(run(input_ids, attention_mask))
-            for row, text in enumerate(chunk):
-                by_text[text] = hidden[row, : int(attention_mask[row].sum())].to(torch.float16).clone()
+        columns = (TextColumn("[bold]frozen-layer states"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("states", total=len(distinct))
+            for start in range(0, len(distinct), 64):
+                chunk = distinct[start : start + 64]
+                input_ids, attention_mask = encode(tokenizer, chunk)
+                hidden = torch.from_numpy(run(input_ids, attention_mask))
+                for row, text in enumerate(chunk):
+                    by_text[text] = hidden[row, : int(attention_mask[row].sum())].to(torch.float16).clone()
+                progress.advance(task, len(chunk))
         self.states = [by_text[text] for text in texts]
 
     def lengths(self) -> list[int]:
@@ -268,12 +298,10 @@ def train_and_export(
     config: MultilingualConfig, key: str, out_dir: Path, console: Console, timings: dict[str, float]
 ) -> dict[str, Any]:
     import torch
-    from transformers import AutoModel
 
     from models.behaviour import load_behaviour
     from models.evaluate import evaluate
     from models.sources import encoder_folder
-    from models.train import MultiTaskModel, seed_everything
     from stream.tokenize import PostTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -284,25 +312,17 @@ def train_and_export(
         posts = load_behaviour("train")
         tokenizer_file = out_dir / "tokenizer.json"
         write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
-        pad_id = int(msgspec.json.decode((folder / "config.json").read_bytes()).get("pad_token_id", 0))
-        seed_everything(config.seed)
-        # E5 has no pooler; without add_pooling_layer=False transformers would make a random one.
-        model = MultiTaskModel(AutoModel.from_pretrained(str(folder), add_pooling_layer=False))
-        model.eval()
-    first = model.encoder.config.num_hidden_layers - config.trainable_layers
-    for parameter in model.encoder.parameters():
-        parameter.requires_grad_(False)
-    for layer in model.encoder.encoder.layer[first:]:  # type: ignore[union-attr,index]
-        layer.requires_grad_(True)
+        pad_id = encoder_pad_id(folder)
+        model, first = load_model(config, folder)
 
     with stage(console, timings, f"frozen layers 0-{first - 1}: cache states"):
         train_tokenizer = PostTokenizer(tokenizer_file, config.max_len, pad_id)
         with tempfile.TemporaryDirectory(prefix="socialpulse-frozen-") as work:
             frozen = frozen_runner(model, first, train_tokenizer, Path(work), config.threads)
-            train_cache = CachedStates(frozen, train_tokenizer, [r.text for r in rows])
+            train_cache = CachedStates(frozen, train_tokenizer, [r.text for r in rows], console)
             # The behaviour head reads the served embedding: its posts at the serving length.
             behaviour_cache = CachedStates(
-                frozen, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), [p.text for p in posts]
+                frozen, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), [p.text for p in posts], console
             )
             # The session holds the 440 MB export; training needs that memory more.
             del frozen

@@ -88,6 +88,23 @@ def test_subsample_is_a_stratified_subset_of_train() -> None:
     assert subsample(train, None, seed=13) == train
 
 
+def test_recipe_variants_are_scored_inside_the_training_splits() -> None:
+    """`models variants` chooses the recipe on validation sentences: none of them is held out, or trained on."""
+    from models.multilingual import MultilingualConfig, training_rows
+    from models.variants import validation_splits
+
+    train, validation = validation_splits(LANGUAGES)
+    assert validation_splits(LANGUAGES) == (train, validation)
+    for lang in LANGUAGES:
+        whole, test = split_language(lang)
+        assert {r.id for r in train[lang]} | {r.id for r in validation[lang]} == {r.id for r in whole}
+        assert not {r.id for r in validation[lang]} & ({r.id for r in train[lang]} | {r.id for r in test})
+    rows = training_rows(MultilingualConfig(), train)
+    held_back = {r.id for split in validation.values() for r in split}
+    assert rows and not {r.id for r in rows} & held_back
+    assert sum(r.lang == "es" for r in rows) == len(train["es"]) * MultilingualConfig().repeats["es"]
+
+
 def test_handset_covers_ten_languages() -> None:
     posts = load_handset()
     per_language = Counter(p.lang for p in posts)
@@ -117,6 +134,7 @@ def test_prefixed_tokenizer_equals_tokenizing_the_prefixed_text(tmp_path: Path) 
 
 def test_cached_lower_states_give_the_full_forward(tmp_path: Path) -> None:
     import torch
+    from rich.console import Console
     from transformers import AutoModel
 
     from models.multilingual import CachedStates, frozen_runner, upper_pooled
@@ -130,7 +148,7 @@ def test_cached_lower_states_give_the_full_forward(tmp_path: Path) -> None:
     tokenizer = PostTokenizer(folder / "tokenizer.json", 64, 1)
     texts = ["I love it", "这个东西质量很差，不推荐", "¿Alguien sabe cuándo abre la tienda?", "ok 👍", "I love it"]
     # The frozen layers run in ONNX Runtime; the trained ones, here and in training, in PyTorch.
-    cache = CachedStates(frozen_runner(model, 10, tokenizer, tmp_path, 2), tokenizer, texts)
+    cache = CachedStates(frozen_runner(model, 10, tokenizer, tmp_path, 2), tokenizer, texts, Console(quiet=True))
     assert cache.states[0] is cache.states[4], "a repeated text is run once"
     with torch.no_grad():
         expected = model.pooled(*encode(tokenizer, texts))
