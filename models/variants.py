@@ -55,7 +55,7 @@ def validation_splits(
 
 
 class _States:
-    """Frozen-layer states by text, for one (frozen layers, training length)."""
+    """Frozen-layer states by text, for one (encoder, prefix, frozen layers, training length)."""
 
     def __init__(self, by_text: dict[str, torch.Tensor]) -> None:
         self.by_text = by_text
@@ -88,16 +88,17 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
                 [r.label for r in validation[lang]], _onehot(predicted), labels_of(lang)
             )
     console.log(f"tfidf_lr on the validation splits: {baselines}")
-    states: dict[tuple[str, int, int], _States] = {}
+    states: dict[tuple[str, str, int, int], _States] = {}
     with tempfile.TemporaryDirectory(prefix="socialpulse-variants-") as work:
         for name, overrides in variants.items():
             config = msgspec.structs.replace(base, **overrides)
             folder = encoder_folder(config.encoder)
-            tokenizer_file = Path(work) / f"tokenizer-{config.encoder.replace('/', '_')}.json"
-            write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
             model, first = load_model(config, folder)
-            key = (config.encoder, first, config.max_len)
+            key = (config.encoder, config.text_prefix, first, config.max_len)
             if key not in states:
+                # Only the frozen states read the tokenizer; each variant after that trains on them.
+                tokenizer_file = Path(work) / f"tokenizer-{len(states)}.json"
+                write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
                 tokenizer = PostTokenizer(tokenizer_file, config.max_len, encoder_pad_id(folder))
                 runner = frozen_runner(model, first, tokenizer, Path(work), config.threads)
                 start = time.perf_counter()

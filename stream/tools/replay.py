@@ -87,7 +87,8 @@ async def replay(
                 if hold is not None and hold(sent - 1):
                     while hold(sent - 1):
                         await asyncio.sleep(HOLD_POLL_S)
-                    started = time.monotonic() - (sent - 1) / rate if rate > 0 else started
+                    if rate > 0:
+                        started = time.monotonic() - (sent - 1) / rate
                 if rate > 0:
                     # Pace against the schedule, not the previous send, so the mean rate holds.
                     delay = started + (sent - 1) / rate - time.monotonic()
