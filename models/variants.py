@@ -26,6 +26,7 @@ from models.multilingual import (
     CachedStates,
     MultilingualConfig,
     encoder_pad_id,
+    fit_ngrams,
     frozen_runner,
     load_model,
     train_upper,
@@ -33,6 +34,8 @@ from models.multilingual import (
     upper_pooled,
     write_prefixed_tokenizer,
 )
+from models.recipe import MAX_SEQ_LEN
+from stream.tokenize import PostTokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +75,6 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
 
     from models.evaluate import restricted_report, tfidf_lr_predictions
     from models.sources import encoder_folder
-    from stream.tokenize import PostTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = MultilingualConfig()
@@ -91,14 +93,18 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
     states: dict[tuple[str, str, int, int], _States] = {}
     with tempfile.TemporaryDirectory(prefix="socialpulse-variants-") as work:
         for name, overrides in variants.items():
-            config = msgspec.structs.replace(base, **overrides)
+            # Nested fields (ngrams) come as JSON objects: convert, not replace.
+            config = msgspec.convert({**msgspec.to_builtins(base), **overrides}, MultilingualConfig)
             folder = encoder_folder(config.encoder)
             model, first = load_model(config, folder)
             key = (config.encoder, config.text_prefix, first, config.max_len)
-            if key not in states:
-                # Only the frozen states read the tokenizer; each variant after that trains on them.
-                tokenizer_file = Path(work) / f"tokenizer-{len(states)}.json"
+            tokenizer_file = Path(work) / f"tokenizer-{config.encoder.replace('/', '_')}-{config.text_prefix}.json"
+            if not tokenizer_file.exists():
                 write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
+            # The n-gram head reads posts at the serving length, as the served graph does.
+            serving = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, encoder_pad_id(folder))
+            if key not in states:
+                # The frozen states are computed once per key; each variant after that trains on them.
                 tokenizer = PostTokenizer(tokenizer_file, config.max_len, encoder_pad_id(folder))
                 runner = frozen_runner(model, first, tokenizer, Path(work), config.threads)
                 start = time.perf_counter()
@@ -108,12 +114,14 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
             rows = training_rows(config, train)
             start = time.perf_counter()
             train_upper(model, states[key].cache([r.text for r in rows]), [r.label for r in rows], config, console)
+            if config.ngrams is not None:
+                fit_ngrams(model, serving, rows, config.ngrams)
             result = {
                 "variant": name,
                 "overrides": overrides,
                 "rows": len(rows),
                 "train_s": round(time.perf_counter() - start, 1),
-                "validation": _score(model, first, states[key], validation),
+                "validation": _score(model, first, states[key], validation, serving),
                 "baselines": baselines,
             }
             console.log(result)
@@ -129,19 +137,27 @@ def _onehot(predicted: list[int]) -> Any:
     return np.eye(len(SENTIMENT_LABELS), dtype=np.float32)[predicted]
 
 
-def _score(model: Any, first: int, states: _States, validation: dict[str, list[LabelledText]]) -> dict[str, Any]:
+def _score(
+    model: Any, first: int, states: _States, validation: dict[str, list[LabelledText]], serving: PostTokenizer
+) -> dict[str, Any]:
     import torch
 
     from models.evaluate import restricted_report
+    from models.ngrams import WideAndDeepModel
+    from models.train import encode
 
     scores: dict[str, Any] = {}
     with torch.no_grad():
         for lang, rows in validation.items():
             cache = states.cache([r.text for r in rows])
-            logits = [
-                model.sentiment(upper_pooled(model, *cache.batch(range(s, min(s + 64, len(rows)))), first))
-                for s in range(0, len(rows), 64)
-            ]
-            report = restricted_report([r.label for r in rows], torch.cat(logits).numpy(), labels_of(lang))  # type: ignore[arg-type]
+            logits = torch.cat(
+                [
+                    model.sentiment(upper_pooled(model, *cache.batch(range(s, min(s + 64, len(rows)))), first))
+                    for s in range(0, len(rows), 64)
+                ]
+            )
+            if isinstance(model, WideAndDeepModel):
+                logits = logits + model.ngrams(*encode(serving, [r.text for r in rows]))
+            report = restricted_report([r.label for r in rows], logits.numpy(), labels_of(lang))  # type: ignore[arg-type]
             scores[lang] = {key: report[key] for key in ("accuracy", "macro_f1", "test_size")}
     return scores
