@@ -231,6 +231,26 @@ def test_int8_agrees_with_fp32_per_language(multilingual_model: Path, lang: Lang
     assert agreement >= 0.95, f"{lang}: int8 top label agrees with fp32 on {agreement:.1%} of {len(texts)}"
 
 
+@pytest.mark.multilingual_model
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8"])
+def test_every_served_file_carries_the_fitted_ngram_table(multilingual_model: Path, variant: str) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from models.manifest import load_manifest
+    from models.multilingual import MultilingualConfig
+
+    config = MultilingualConfig().ngrams
+    assert config is not None
+    manifest = load_manifest(multilingual_model)
+    graph = onnx.load(str(multilingual_model / manifest.variants[variant].file)).graph
+    tables = [t for t in graph.initializer if list(t.dims) == [config.buckets, len(SENTIMENT_LABELS)]]
+    assert len(tables) == 1, "the n-gram head's table is missing from the graph"
+    assert any(node.op_type == "Gather" and tables[0].name in node.input for node in graph.node)
+    fitted = np.count_nonzero(np.any(numpy_helper.to_array(tables[0]), axis=1))
+    assert fitted == manifest.metrics["training"]["ngram_head"]["features_used"]  # type: ignore[index]
+
+
 CLASSIFY = "from stream.cli import app; app()"
 POSTS = [
     ("en", "positive", "Absolutely love the new update, everything is faster and smoother!"),
