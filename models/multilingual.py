@@ -235,7 +235,11 @@ def frozen_runner(model: MultiTaskModel, layers: int, tokenizer: Any, work_dir: 
 class CachedStates:
     """Per-text frozen-layer hidden states (fp16, unpadded), re-padded per training batch."""
 
-    def __init__(self, run: LowerRunner, tokenizer: Any, texts: Sequence[str], console: Console) -> None:
+    def __init__(self, states: list[torch.Tensor]) -> None:
+        self.states = states
+
+    @classmethod
+    def compute(cls, run: LowerRunner, tokenizer: Any, texts: Sequence[str], console: Console) -> CachedStates:
         import torch
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -254,7 +258,7 @@ class CachedStates:
                 for row, text in enumerate(chunk):
                     by_text[text] = hidden[row, : int(attention_mask[row].sum())].to(torch.float16).clone()
                 progress.advance(task, len(chunk))
-        self.states = [by_text[text] for text in texts]
+        return cls([by_text[text] for text in texts])
 
     def lengths(self) -> list[int]:
         return [len(state) for state in self.states]
@@ -354,9 +358,9 @@ def train_and_export(
         train_tokenizer = PostTokenizer(tokenizer_file, config.max_len, pad_id)
         with tempfile.TemporaryDirectory(prefix="socialpulse-frozen-") as work:
             frozen = frozen_runner(model, first, train_tokenizer, Path(work), config.threads)
-            train_cache = CachedStates(frozen, train_tokenizer, [r.text for r in rows], console)
+            train_cache = CachedStates.compute(frozen, train_tokenizer, [r.text for r in rows], console)
             # The behaviour head reads the served embedding: its posts at the serving length.
-            behaviour_cache = CachedStates(
+            behaviour_cache = CachedStates.compute(
                 frozen, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), [p.text for p in posts], console
             )
             # The session holds the 440 MB export; training needs that memory more.

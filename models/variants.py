@@ -64,16 +64,14 @@ class _States:
         self.by_text = by_text
 
     def cache(self, texts: list[str]) -> CachedStates:
-        cache = object.__new__(CachedStates)
-        cache.states = [self.by_text[text] for text in texts]
-        return cache
+        return CachedStates([self.by_text[text] for text in texts])
 
 
 def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> list[dict[str, Any]]:
     """Train each variant (MultilingualConfig fields to override) and score it on the validation splits."""
     import torch
 
-    from models.evaluate import restricted_report, tfidf_lr_predictions
+    from models.evaluate import onehot, restricted_report, tfidf_lr_predictions
     from models.sources import encoder_folder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,9 +84,7 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
     for lang in base.languages:
         if lang != "en":
             predicted = tfidf_lr_predictions(lang, [r.text for r in validation[lang]], train[lang])
-            baselines[lang] = restricted_report(
-                [r.label for r in validation[lang]], _onehot(predicted), labels_of(lang)
-            )
+            baselines[lang] = restricted_report([r.label for r in validation[lang]], onehot(predicted), labels_of(lang))
     console.log(f"tfidf_lr on the validation splits: {baselines}")
     states: dict[tuple[str, str, int, int], _States] = {}
     with tempfile.TemporaryDirectory(prefix="socialpulse-variants-") as work:
@@ -108,7 +104,7 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
                 tokenizer = PostTokenizer(tokenizer_file, config.max_len, encoder_pad_id(folder))
                 runner = frozen_runner(model, first, tokenizer, Path(work), config.threads)
                 start = time.perf_counter()
-                cached = CachedStates(runner, tokenizer, texts, console)
+                cached = CachedStates.compute(runner, tokenizer, texts, console)
                 states[key] = _States(dict(zip(texts, cached.states, strict=True)))
                 console.log(f"frozen states for {len(texts):,} sentences: {time.perf_counter() - start:.0f} s")
             rows = training_rows(config, train)
@@ -127,14 +123,6 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
             console.log(result)
             results.append(result)
     return results
-
-
-def _onehot(predicted: list[int]) -> Any:
-    import numpy as np
-
-    from models.data import SENTIMENT_LABELS
-
-    return np.eye(len(SENTIMENT_LABELS), dtype=np.float32)[predicted]
 
 
 def _score(

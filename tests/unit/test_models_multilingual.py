@@ -148,7 +148,9 @@ def test_cached_lower_states_give_the_full_forward(tmp_path: Path) -> None:
     tokenizer = PostTokenizer(folder / "tokenizer.json", 64, 1)
     texts = ["I love it", "这个东西质量很差，不推荐", "¿Alguien sabe cuándo abre la tienda?", "ok 👍", "I love it"]
     # The frozen layers run in ONNX Runtime; the trained ones, here and in training, in PyTorch.
-    cache = CachedStates(frozen_runner(model, 10, tokenizer, tmp_path, 2), tokenizer, texts, Console(quiet=True))
+    cache = CachedStates.compute(
+        frozen_runner(model, 10, tokenizer, tmp_path, 2), tokenizer, texts, Console(quiet=True)
+    )
     assert cache.states[0] is cache.states[4], "a repeated text is run once"
     with torch.no_grad():
         expected = model.pooled(*encode(tokenizer, texts))
