@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import msgspec.structs
 from rich.console import Console
 
 from models.corpora import LabelledText, Language, labels_of, split_language, stratified_split
