@@ -357,13 +357,12 @@ def train_and_export(
 
     with stage(console, timings, f"frozen layers 0-{first - 1}: cache states"):
         train_tokenizer = PostTokenizer(tokenizer_file, config.max_len, pad_id)
+        serving_tokenizer = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id)
         with tempfile.TemporaryDirectory(prefix="socialpulse-frozen-") as work:
             frozen = frozen_runner(model, first, train_tokenizer, Path(work), config.threads)
             train_cache = CachedStates.compute(frozen, train_tokenizer, [r.text for r in rows], console)
             # The behaviour head reads the served embedding: its posts at the serving length.
-            behaviour_cache = CachedStates.compute(
-                frozen, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), [p.text for p in posts], console
-            )
+            behaviour_cache = CachedStates.compute(frozen, serving_tokenizer, [p.text for p in posts], console)
             # The session holds the 440 MB export; training needs that memory more.
             del frozen
     start = time.perf_counter()
@@ -373,7 +372,7 @@ def train_and_export(
     ngram_notes = None
     if config.ngrams is not None:
         with stage(console, timings, "token n-gram head"):
-            ngram_notes = fit_ngrams(model, PostTokenizer(tokenizer_file, MAX_SEQ_LEN, pad_id), rows, config.ngrams)
+            ngram_notes = fit_ngrams(model, serving_tokenizer, rows, config.ngrams)
 
     with stage(console, timings, "behaviour head"):
         with torch.no_grad():

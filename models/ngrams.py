@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from models.multilingual import NgramConfig
 
 
+def count_scaled(present: torch.Tensor) -> torch.Tensor:
+    """Each present n-gram's weight: 1 / sqrt(the post's n-gram count); the served graph and the fit share it."""
+    return present * torch.rsqrt(present.sum(dim=1, keepdim=True).clamp(min=1.0))
+
+
 class TokenNgrams(nn.Module):
     """Logits = sum of a learned row per n-gram present, over sqrt(the post's n-gram count), plus a bias.
 
@@ -59,9 +64,8 @@ class TokenNgrams(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         buckets, present = self.features(input_ids, attention_mask)
-        mask = present.to(self.table.weight.dtype).unsqueeze(-1)
-        scale = torch.rsqrt(mask.sum(dim=1).clamp(min=1.0))
-        logits: torch.Tensor = (self.table(buckets) * mask).sum(dim=1) * scale + self.bias
+        weights = count_scaled(present.to(self.table.weight.dtype))
+        logits: torch.Tensor = (self.table(buckets) * weights.unsqueeze(-1)).sum(dim=1) + self.bias
         return logits
 
     @torch.no_grad()
@@ -73,7 +77,7 @@ class TokenNgrams(nn.Module):
         for start in range(0, len(texts), 256):
             input_ids, attention_mask = (torch.from_numpy(a) for a in encode(tokenizer, texts[start : start + 256]))
             buckets, present = self.features(input_ids, attention_mask)
-            values = present.double() * torch.rsqrt(present.sum(dim=1, keepdim=True).double().clamp(min=1.0))
+            values = count_scaled(present.double())
             keep = present.bool().numpy()
             row_of = np.broadcast_to(np.arange(len(keep))[:, None], keep.shape)[keep]
             rows.append(
