@@ -86,6 +86,7 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
             baselines[lang] = restricted_report([r.label for r in validation[lang]], onehot(predicted), labels_of(lang))
     console.log(f"tfidf_lr on the validation splits: {baselines}")
     states: dict[tuple[str, str, int, int], _States] = {}
+    tokenizer_files: dict[tuple[str, str], Path] = {}
     with tempfile.TemporaryDirectory(prefix="socialpulse-variants-") as work:
         for name, overrides in variants.items():
             # Nested fields (ngrams) come as JSON objects: convert, not replace.
@@ -93,9 +94,12 @@ def score_variants(variants: dict[str, dict[str, Any]], console: Console) -> lis
             folder = encoder_folder(config.encoder)
             model, first = load_model(config, folder)
             key = (config.encoder, config.text_prefix, first, config.max_len)
-            tokenizer_file = Path(work) / f"tokenizer-{config.encoder.replace('/', '_')}-{config.text_prefix}.json"
-            if not tokenizer_file.exists():
-                write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_file, config.text_prefix)
+            source = (config.encoder, config.text_prefix)
+            if source not in tokenizer_files:
+                # Numbered, not named: a prefix or a hub id is no file name.
+                tokenizer_files[source] = Path(work) / f"tokenizer-{len(tokenizer_files)}.json"
+                write_prefixed_tokenizer(folder / "tokenizer.json", tokenizer_files[source], config.text_prefix)
+            tokenizer_file = tokenizer_files[source]
             # The n-gram head reads posts at the serving length, as the served graph does.
             serving = PostTokenizer(tokenizer_file, MAX_SEQ_LEN, encoder_pad_id(folder))
             if key not in states:
